@@ -1,0 +1,41 @@
+"""Batching: pad token rows, concatenate images in order, count and drop unreadable samples."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from data.tokenize import IGNORE_INDEX
+
+
+def _pad(rows: list[Tensor], value: int, left: bool) -> Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        if left:
+            out[i, out.shape[1] - len(r):] = r
+        else:
+            out[i, : len(r)] = r
+    return out
+
+
+class Collator:
+    """`left_pad` for generation prompts; right padding for training."""
+
+    def __init__(self, pad_token_id: int, left_pad: bool = False) -> None:
+        self.pad_token_id, self.left_pad = pad_token_id, left_pad
+
+    def __call__(self, items: list[dict | None]) -> dict:
+        good = [it for it in items if it is not None]
+        batch: dict = {"skipped": len(items) - len(good)}
+        if not good:
+            return batch
+        ids = [it["input_ids"] for it in good]
+        batch["input_ids"] = _pad(ids, self.pad_token_id, self.left_pad)
+        batch["attention_mask"] = _pad([torch.ones_like(r) for r in ids], 0, self.left_pad)
+        if "labels" in good[0]:
+            batch["labels"] = _pad([it["labels"] for it in good], IGNORE_INDEX, self.left_pad)
+        pixels = [it["pixel_values"] for it in good if it["pixel_values"] is not None]
+        batch["pixel_values"] = torch.cat(pixels) if pixels else None
+        if "meta" in good[0]:
+            batch["meta"] = [it["meta"] for it in good]
+        return batch

@@ -1,0 +1,107 @@
+"""Datasets over LLaVA-format conversation JSON (training) and `{id,image,question,answer}` JSONL (eval)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from data.images import load_image
+from data.templates import IMAGE_TOKEN, ChatTemplate
+from data.tokenize import tokenize_conversation, tokenize_prompt
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """A JSON list (LLaVA) or JSON lines; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n}: not valid JSON: {err}") from err
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    return records
+
+
+def _image_paths(record: dict, root: Path) -> list[Path]:
+    image = record.get("image")
+    if image is None:
+        return []
+    return [root / p for p in ([image] if isinstance(image, str) else image)]
+
+
+class ConversationDataset(Dataset):
+    """One item per conversation; an unreadable image makes the item None (collate skips it)."""
+
+    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                 transform: Callable, max_length: int | None = None) -> None:
+        self.path = Path(path)
+        self.records = read_records(self.path)
+        self.root = self.path.parent
+        self.tokenizer, self.template, self.transform, self.max_length = tokenizer, template, transform, max_length
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict | None:
+        rec = self.records[i]
+        paths = _image_paths(rec, self.root)
+        images = [load_image(p) for p in paths]
+        if any(im is None for im in images):
+            return None
+        turns = rec["conversations"]
+        if paths and not any(IMAGE_TOKEN in t["value"] for t in turns):
+            turns = [{**turns[0], "value": IMAGE_TOKEN + "\n" + turns[0]["value"]}] + turns[1:]
+        ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length)
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "pixel_values": torch.stack([self.transform(im) for im in images]) if images else None,
+        }
+
+
+class QADataset(Dataset):
+    """Single-turn questions for generation-based evaluation; keeps id/answer/type for scoring."""
+
+    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                 transform: Callable, limit: int | None = None) -> None:
+        self.path = Path(path)
+        self.records = read_records(self.path)[:limit]
+        for n, rec in enumerate(self.records):
+            missing = {"id", "question", "answer"} - rec.keys()
+            if missing:
+                raise ValueError(f"{self.path}: record {n} lacks {sorted(missing)}")
+        self.root = self.path.parent
+        self.tokenizer, self.template, self.transform = tokenizer, template, transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict | None:
+        rec = self.records[i]
+        paths = _image_paths(rec, self.root)
+        images = [load_image(p) for p in paths]
+        if any(im is None for im in images):
+            return None
+        ids = tokenize_prompt(rec["question"], self.tokenizer, self.template, image=bool(paths))
+        return {
+            "input_ids": torch.tensor(ids),
+            "pixel_values": torch.stack([self.transform(im) for im in images]) if images else None,
+            "meta": {k: rec.get(k) for k in ("id", "image", "question", "answer", "type")},
+        }

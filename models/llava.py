@@ -1,0 +1,81 @@
+"""LLaVA composition: vision -> connector -> language model, image features spliced at `<image>`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.connectors import Connector, MLPConnector
+from models.language import LanguageModel
+from models.splice import Spliced, splice_image_features
+from models.vision import VisionEncoder
+
+
+class LLaVA(nn.Module):
+    """`connector` is a factory called with (vision dim, LM width), so configs never repeat dims."""
+
+    def __init__(
+        self,
+        vision: VisionEncoder,
+        language: LanguageModel,
+        connector: Callable[[int, int], Connector] = MLPConnector,
+    ) -> None:
+        super().__init__()
+        self.vision = vision
+        self.language = language
+        self.connector = connector(vision.dim, language.hidden_size)
+
+    @property
+    def tokenizer(self):
+        return self.language.tokenizer
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.connector.num_tokens(self.vision.num_patches)
+
+    def encode_images(self, pixel_values: Tensor) -> Tensor:
+        """(I, 3, H, W) -> (I, M, D) LM-space image embeddings; no graph through a frozen tower."""
+        if any(p.requires_grad for p in self.vision.parameters()):
+            feats = self.vision(pixel_values)
+        else:
+            with torch.no_grad():
+                feats = self.vision(pixel_values)
+        return self.connector(feats)
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None,
+              labels: Tensor | None = None, left_pad: bool = False) -> Spliced:
+        text = self.language.embed(input_ids)
+        if pixel_values is None or pixel_values.shape[0] == 0:
+            images = text.new_zeros(0, self.num_image_tokens, text.shape[-1])
+        else:
+            images = self.encode_images(pixel_values)
+        return splice_image_features(
+            input_ids, text, images, self.language.image_token_id, attention_mask, labels, left_pad=left_pad
+        )
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
+                labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Returns (logits, loss); the loss is next-token CE over positions whose label is not -100."""
+        s = self.embed(input_ids, attention_mask, pixel_values, labels)
+        logits = self.language(s.embeds, s.attention_mask)
+        loss = None
+        if s.labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), s.labels[:, 1:].flatten(), ignore_index=-100
+            )
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
+                 max_new_tokens: int = 16, **kwargs) -> Tensor:
+        """Greedy by default; prompts must be left-padded. Returns only the new token ids."""
+        s = self.embed(input_ids, attention_mask, pixel_values, left_pad=True)
+        tok = self.tokenizer
+        kwargs.setdefault("do_sample", False)
+        return self.language.model.generate(
+            inputs_embeds=s.embeds, attention_mask=s.attention_mask, max_new_tokens=max_new_tokens,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kwargs,
+        )

@@ -1,0 +1,27 @@
+"""Short-answer scoring for generation-based validation (exact match after light normalisation)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalize_answer(text: str) -> str:
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def accuracy_by_type(records: list[dict], groups: dict[str, list[str]] | None = None) -> dict[str, float]:
+    """records: {"type", "correct"} -> {"acc": overall, "acc_<type>": ..., "acc_<group>": ...}."""
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        by_type[r.get("type") or "all"].append(bool(r["correct"]))
+    out = {"acc": sum(sum(v) for v in by_type.values()) / max(1, sum(len(v) for v in by_type.values()))}
+    for t, v in sorted(by_type.items()):
+        out[f"acc_{t}"] = sum(v) / len(v)
+    for g, types in (groups or {}).items():
+        hits = [x for t in types for x in by_type.get(t, [])]
+        if hits:
+            out[f"acc_{g}"] = sum(hits) / len(hits)
+    return out

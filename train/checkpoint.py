@@ -1,0 +1,31 @@
+"""Rebuild a trained module from a checkpoint alone: the resolved model config travels inside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from jsonargparse import ArgumentParser
+
+
+def build_module(model_config: dict) -> L.LightningModule:
+    """Instantiate `{class_path, init_args}` through the same typed parser the CLI uses."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningModule, "model")
+    cfg = parser.parse_object({"model": model_config})
+    return parser.instantiate_classes(cfg).model
+
+
+def load_module(ckpt_path: str | Path, map_location: str = "cpu") -> L.LightningModule:
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    config = ckpt.get("chimera_config")
+    if not config:
+        raise ValueError(f"{path} has no `chimera_config`: it was not written by `chimera fit`")
+    module = build_module(config)
+    module.load_state_dict(ckpt["state_dict"])
+    module.chimera_config = config
+    return module.eval()

@@ -1,0 +1,82 @@
+"""The `chimera` command: fit/validate (LightningCLI), data (synthetic worlds), generate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+USAGE = """usage: chimera COMMAND ...
+
+commands:
+  fit        train from an experiment config   (chimera fit --config configs/experiments/X.yaml)
+  validate   validate a config/checkpoint       (chimera validate --config X.yaml --ckpt_path CKPT)
+  data       write a synthetic world            (chimera data sort-of-clevr|shapes --out DIR ...)
+  generate   answer a prompt about an image     (chimera generate --ckpt CKPT --image IMG --prompt TEXT)
+"""
+
+
+def data_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="chimera data", description="Write a synthetic world (images, "
+                                     "LLaVA JSON, val_qa.jsonl, tokenizer) with a fixed seed.")
+    sub = parser.add_subparsers(dest="world", required=True)
+    soc = sub.add_parser("sort-of-clevr", help="Sort-of-CLEVR (Santoro et al. 2017)")
+    soc.add_argument("--out", required=True)
+    soc.add_argument("--train-images", type=int, default=9800)
+    soc.add_argument("--val-images", type=int, default=200)
+    soc.add_argument("--questions-per-image", type=int, default=10,
+                     help="non-relational and relational questions per image (each)")
+    soc.add_argument("--seed", type=int, default=0)
+    shp = sub.add_parser("shapes", help="Shapes world: captions, VQA, POPE probes, webdataset shards")
+    shp.add_argument("--out", required=True)
+    shp.add_argument("--train-images", type=int, default=2000)
+    shp.add_argument("--val-images", type=int, default=200)
+    shp.add_argument("--seed", type=int, default=0)
+    shp.add_argument("--max-objects", type=int, default=5)
+    shp.add_argument("--shard-size", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if args.world == "sort-of-clevr":
+        from data.sort_of_clevr import write_sort_of_clevr
+
+        summary = write_sort_of_clevr(args.out, train_images=args.train_images, val_images=args.val_images,
+                                      seed=args.seed, questions_per_image=args.questions_per_image)
+    else:
+        from data.shapes import write_shapes
+
+        summary = write_shapes(args.out, train_images=args.train_images, val_images=args.val_images,
+                               seed=args.seed, max_objects=args.max_objects, shard_size=args.shard_size)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def generate_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="chimera generate", description="Answer a prompt about an image.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `chimera fit`")
+    parser.add_argument("--image", help="image file (omit for a text-only prompt)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    args = parser.parse_args(argv)
+    from train.generate import generate_answer
+
+    print(generate_answer(args.ckpt, args.prompt, args.image, args.max_new_tokens))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command in ("fit", "validate", "test", "predict"):
+        from train.fit_cli import run_lightning_cli
+
+        run_lightning_cli([command, *rest])
+    elif command == "data":
+        data_main(rest)
+    elif command == "generate":
+        generate_main(rest)
+    else:
+        sys.exit(f"chimera: unknown command {command!r}\n\n{USAGE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""DataModule for conversation training + QA validation; tokenizer, template and image
+transform come from the model being trained, so the data config never repeats them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from data.collate import Collator
+from data.conversation_dataset import ConversationDataset, QADataset
+
+
+class ConversationDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        train_json: str,
+        val_qa: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 1,
+        max_length: int | None = 1024,
+        max_val_samples: int | None = None,
+        type_groups: dict[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__()
+        for name, path in (("train_json", train_json), ("val_qa", val_qa)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"data.{name}: {path} does not exist (generate it with `chimera data ...`)"
+                )
+        self.train_json, self.val_qa = train_json, val_qa
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.max_length, self.max_val_samples = max_length, max_val_samples
+        self.type_groups = type_groups or {}
+
+    def setup(self, stage: str | None = None) -> None:
+        module = self.trainer.lightning_module
+        model, template = module.model, module.template
+        module.type_groups = self.type_groups
+        self.pad_id = model.tokenizer.pad_token_id
+        self.train_set = ConversationDataset(self.train_json, model.tokenizer, template,
+                                             model.vision.transform(train=True), self.max_length)
+        self.val_set = None
+        if self.val_qa:
+            self.val_set = QADataset(self.val_qa, model.tokenizer, template, model.vision.transform(train=False),
+                                     limit=self.max_val_samples)
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool, left_pad: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=Collator(self.pad_id, left_pad=left_pad),
+                          persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True, left_pad=False)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False, left_pad=True)

@@ -1,0 +1,161 @@
+"""LightningModule for LLaVA-style stages: what trains is declared by `stage`, not by forking code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from data.templates import ChatTemplate
+from models.llava import LLaVA
+from train.answers import accuracy_by_type, normalize_answer
+from train.schedule import warmup_cosine
+
+Stage = Literal["align", "finetune", "full"]
+# which top-level parts of the model train in each stage (prismatic's freeze_backbones, as data)
+TRAINABLE: dict[str, tuple[str, ...]] = {
+    "align": ("connector",),
+    "finetune": ("connector", "language"),
+    "full": ("vision", "connector", "language"),
+}
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    params = list(module.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+class VLMModule(L.LightningModule):
+    """Trains a LLaVA on conversations; validates by generating answers and scoring per type.
+
+    Learning rates: `lr` for every trained part unless `lr_vision` / `lr_connector` /
+    `lr_language` override it (LLaVA: align 1e-3 on the projector, finetune 2e-5).
+    """
+
+    def __init__(
+        self,
+        model: LLaVA,
+        stage: Stage = "finetune",
+        template: ChatTemplate = ChatTemplate(),
+        lr: float = 1e-4,
+        lr_vision: float | None = None,
+        lr_connector: float | None = None,
+        lr_language: float | None = None,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.03,
+        min_lr_ratio: float = 0.0,
+        max_new_tokens: int = 8,
+        num_logged_samples: int = 16,
+    ) -> None:
+        super().__init__()
+        if stage not in TRAINABLE:
+            raise ValueError(f"stage {stage!r} unknown; choose one of {sorted(TRAINABLE)}")
+        self.model, self.stage, self.template = model, stage, template
+        self.lrs = {"vision": lr_vision, "connector": lr_connector, "language": lr_language}
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, betas
+        self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
+        self.max_new_tokens, self.num_logged_samples = max_new_tokens, num_logged_samples
+        self.type_groups: dict[str, list[str]] = {}
+        self.skipped_samples = 0
+        self.chimera_config: dict | None = None  # the resolved model config, set by the CLI
+        self._val_records: list[dict] = []
+        for name in ("vision", "connector", "language"):
+            getattr(model, name).requires_grad_(name in TRAINABLE[stage])
+
+    # frozen parts stay in eval mode (no dropout, BatchNorm statistics untouched)
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in ("vision", "connector", "language"):
+            if name not in TRAINABLE[self.stage]:
+                getattr(self.model, name).eval()
+        return self
+
+    def parameter_table(self) -> list[tuple[str, int, int]]:
+        return [(name, *count_parameters(getattr(self.model, name))) for name in ("vision", "connector", "language")]
+
+    def on_fit_start(self) -> None:
+        lines = [f"stage {self.stage!r}: trainable parameters per module", f"{'module':<10} {'total':>12} {'trainable':>12}"]
+        for name, total, trainable in self.parameter_table():
+            lines.append(f"{name:<10} {total:>12,} {trainable:>12,}")
+        rank_zero_info("\n".join(lines))
+        counts = {f"params/{n}_{k}": float(v) for n, t, tr in self.parameter_table() for k, v in (("total", t), ("trainable", tr))}
+        for logger in self.loggers:
+            logger.log_metrics(counts, step=0)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        self.skipped_samples += batch["skipped"]
+        self.log("train/skipped_samples", float(self.skipped_samples), on_step=True, reduce_fx="max")
+        if "input_ids" not in batch:
+            return None  # the whole batch was unreadable
+        _, loss = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        n = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=n)
+        return loss
+
+    def generate_answers(self, batch: dict) -> list[str]:
+        out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                  max_new_tokens=self.max_new_tokens)
+        return self.model.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.skipped_samples += batch["skipped"]
+        if "input_ids" not in batch:
+            return
+        for meta, pred in zip(batch["meta"], self.generate_answers(batch)):
+            correct = normalize_answer(pred) == normalize_answer(str(meta["answer"]))
+            self._val_records.append({**meta, "prediction": pred.strip(), "correct": correct})
+
+    def on_validation_epoch_end(self) -> None:
+        records, self._val_records = self._val_records, []
+        if not records:
+            return
+        for key, value in accuracy_by_type(records, self.type_groups).items():
+            self.log(f"val/{key}", value, prog_bar=key in ("acc", "acc_non_relational", "acc_relational"))
+        self._write_predictions(records)
+
+    def _write_predictions(self, records: list[dict]) -> None:
+        """Per-sample predictions beside the logs, and a sample table for W&B."""
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        log_dir = self.trainer.log_dir
+        if log_dir:
+            path = Path(log_dir) / "predictions" / f"val_step{self.global_step:07d}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        from train.loggers import log_sample_table
+
+        log_sample_table(self.loggers, records[: self.num_logged_samples], self.trainer.datamodule, self.global_step)
+
+    def configure_optimizers(self):
+        groups = []
+        for name in TRAINABLE[self.stage]:
+            lr = self.lrs[name] if self.lrs[name] is not None else self.lr
+            decay, no_decay = [], []
+            for p in getattr(self.model, name).parameters():
+                if p.requires_grad:
+                    (decay if p.ndim >= 2 else no_decay).append(p)
+            groups += [
+                {"params": decay, "lr": lr, "weight_decay": self.weight_decay, "name": f"{name}"},
+                {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"},
+            ]
+        groups = [g for g in groups if g["params"]]
+        opt = torch.optim.AdamW(groups, betas=self.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup_ratio * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["chimera_config"] = self.chimera_config
+        checkpoint["skipped_samples"] = self.skipped_samples
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_samples = checkpoint.get("skipped_samples", 0)
