@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,15 +47,43 @@ def _image_paths(record: dict, root: Path) -> list[Path]:
     return [root / p for p in ([image] if isinstance(image, str) else image)]
 
 
+def sample_turns(turns: list[dict], k: int, rng: random.Random) -> list[dict]:
+    """A random subset of k question/answer pairs, in their original order, image first.
+
+    Synthetic worlds ask many questions per image; sampling a few per visit shortens
+    sequences so a step sees more images (the vision tower learns from images, not turns).
+    """
+    pairs = [turns[i:i + 2] for i in range(0, len(turns) - 1, 2)]
+    if len(pairs) <= k:
+        return turns
+    had_image = IMAGE_TOKEN in turns[0]["value"]
+    keep = sorted(rng.sample(range(len(pairs)), k))
+    out = []
+    for i in keep:
+        human, gpt = pairs[i]
+        out += [{**human, "value": human["value"].replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "")}, gpt]
+    if had_image:
+        out[0] = {**out[0], "value": IMAGE_TOKEN + "\n" + out[0]["value"]}
+    return out
+
+
 class ConversationDataset(Dataset):
-    """One item per conversation; an unreadable image makes the item None (collate skips it)."""
+    """One item per conversation; an unreadable image makes the item None (collate skips it).
+
+    `max_turns` keeps a random subset of that many question/answer pairs per visit.
+    """
 
     def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                 transform: Callable, max_length: int | None = None) -> None:
+                 transform: Callable, max_length: int | None = None, max_turns: int | None = None,
+                 seed: int = 0) -> None:
         self.path = Path(path)
         self.records = read_records(self.path)
         self.root = self.path.parent
         self.tokenizer, self.template, self.transform, self.max_length = tokenizer, template, transform, max_length
+        if max_turns is not None and max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        self.max_turns = max_turns
+        self.rng = random.Random(seed)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -66,6 +95,8 @@ class ConversationDataset(Dataset):
         if any(im is None for im in images):
             return None
         turns = rec["conversations"]
+        if self.max_turns is not None:
+            turns = sample_turns(turns, self.max_turns, self.rng)
         if paths and not any(IMAGE_TOKEN in t["value"] for t in turns):
             turns = [{**turns[0], "value": IMAGE_TOKEN + "\n" + turns[0]["value"]}] + turns[1:]
         ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length)

@@ -31,7 +31,7 @@ from data.writers import (
     qa_texts,
     record_id,
     save_png,
-    split_rng,
+    stream_rng,
     write_json,
     write_jsonl,
 )
@@ -172,7 +172,7 @@ def ask(scene: Scene, rng: np.random.Generator, n_nonrel: int = 10, n_rel: int =
 
 def _write_split(root: Path, split: str, n_images: int, seed: int, n_q: int) -> tuple[list[dict], list[dict]]:
     """Render one split's images; returns (LLaVA records, flat QA rows)."""
-    rng = split_rng(seed, split)
+    rng = stream_rng(seed, split)
     records, rows = [], []
     for i in range(n_images):
         scene = sample_scene(rng)

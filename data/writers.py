@@ -19,7 +19,7 @@ from webdataset import TarWriter
 
 from data.templates import IMAGE_TOKEN
 
-SPLITS = ("train", "val")
+STREAMS = ("train", "val", "probes")
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,11 @@ def check_positive(name: str, value: int) -> int:
     return int(value)
 
 
-def split_rng(seed: int, split: str) -> np.random.Generator:
-    """Independent stream per split: changing train_images leaves val unchanged."""
+def stream_rng(seed: int, stream: str) -> np.random.Generator:
+    """Independent random stream per split/purpose: changing train_images leaves val unchanged."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return np.random.default_rng([int(seed), SPLITS.index(split)])
+    return np.random.default_rng([int(seed), STREAMS.index(stream)])
 
 
 def image_relpath(split: str, index: int) -> str:

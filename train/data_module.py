@@ -21,6 +21,7 @@ class ConversationDataModule(L.LightningDataModule):
         eval_batch_size: int = 64,
         num_workers: int = 1,
         max_length: int | None = 1024,
+        max_turns: int | None = None,
         max_val_samples: int | None = None,
         type_groups: dict[str, list[str]] | None = None,
     ) -> None:
@@ -32,7 +33,7 @@ class ConversationDataModule(L.LightningDataModule):
                 )
         self.train_json, self.val_qa = train_json, val_qa
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.max_length, self.max_val_samples = max_length, max_val_samples
+        self.max_length, self.max_val_samples, self.max_turns = max_length, max_val_samples, max_turns
         self.type_groups = type_groups or {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -41,7 +42,8 @@ class ConversationDataModule(L.LightningDataModule):
         module.type_groups = self.type_groups
         self.pad_id = model.tokenizer.pad_token_id
         self.train_set = ConversationDataset(self.train_json, model.tokenizer, template,
-                                             model.vision.transform(train=True), self.max_length)
+                                             model.vision.transform(train=True), self.max_length,
+                                             max_turns=self.max_turns)
         self.val_set = None
         if self.val_qa:
             self.val_set = QADataset(self.val_qa, model.tokenizer, template, model.vision.transform(train=False),
