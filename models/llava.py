@@ -74,8 +74,7 @@ class LLaVA(nn.Module):
         """Greedy by default; prompts must be left-padded. Returns only the new token ids."""
         s = self.embed(input_ids, attention_mask, pixel_values, left_pad=True)
         tok = self.tokenizer
-        kwargs.setdefault("do_sample", False)
+        kwargs = {"do_sample": False, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **kwargs}
         return self.language.model.generate(
-            inputs_embeds=s.embeds, attention_mask=s.attention_mask, max_new_tokens=max_new_tokens,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kwargs,
+            inputs_embeds=s.embeds, attention_mask=s.attention_mask, max_new_tokens=max_new_tokens, **kwargs
         )

@@ -14,7 +14,7 @@ def build_module(model_config: dict) -> L.LightningModule:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     cfg = parser.parse_object({"model": model_config})
-    return parser.instantiate_classes(cfg).model
+    return parser.instantiate(cfg).model
 
 
 def load_module(ckpt_path: str | Path, map_location: str = "cpu") -> L.LightningModule:
