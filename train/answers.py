@@ -25,3 +25,12 @@ def accuracy_by_type(records: list[dict], groups: dict[str, list[str]] | None = 
         if hits:
             out[f"acc_{g}"] = sum(hits) / len(hits)
     return out
+
+
+def format_accuracy(accuracy: dict[str, float], step: int, n: int, groups: list[str]) -> str:
+    """Console table: overall, then the groups, then each type."""
+    keys = ["acc"] + [f"acc_{g}" for g in groups if f"acc_{g}" in accuracy]
+    keys += [k for k in accuracy if k not in keys]
+    lines = [f"validation at step {step}: {n} questions", f"{'type':<16} {'accuracy':>8}"]
+    lines += [f"{('all' if k == 'acc' else k[4:]):<16} {accuracy[k]:>8.3f}" for k in keys]
+    return "\n".join(lines)

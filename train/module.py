@@ -13,7 +13,7 @@ from torch import nn
 
 from data.templates import ChatTemplate
 from models.llava import LLaVA
-from train.answers import accuracy_by_type, normalize_answer
+from train.answers import accuracy_by_type, format_accuracy, normalize_answer
 from train.schedule import warmup_cosine
 
 Stage = Literal["align", "finetune", "full"]
@@ -115,8 +115,11 @@ class VLMModule(L.LightningModule):
         records, self._val_records = self._val_records, []
         if not records:
             return
-        for key, value in accuracy_by_type(records, self.type_groups).items():
+        accuracy = accuracy_by_type(records, self.type_groups)
+        for key, value in accuracy.items():
             self.log(f"val/{key}", value, prog_bar=key in ("acc", "acc_non_relational", "acc_relational"))
+        if not self.trainer.sanity_checking:
+            rank_zero_info(format_accuracy(accuracy, self.global_step, len(records), list(self.type_groups)))
         self._write_predictions(records)
 
     def _write_predictions(self, records: list[dict]) -> None:
