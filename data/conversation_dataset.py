@@ -40,11 +40,18 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def _image_paths(record: dict, root: Path) -> list[Path]:
+def load_pixels(record: dict, root: Path, transform: Callable) -> tuple[bool, torch.Tensor | None]:
+    """(ok, pixels): a record's images (`image`: a path, a list of paths or absent), stacked.
+
+    ok is False when any image is missing or unreadable: the caller drops the sample.
+    """
     image = record.get("image")
     if image is None:
-        return []
-    return [root / p for p in ([image] if isinstance(image, str) else image)]
+        return True, None
+    images = [load_image(root / p) for p in ([image] if isinstance(image, str) else image)]
+    if any(im is None for im in images):
+        return False, None
+    return True, torch.stack([transform(im) for im in images])
 
 
 def sample_turns(turns: list[dict], k: int, rng: random.Random) -> list[dict]:
@@ -90,21 +97,16 @@ class ConversationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict | None:
         rec = self.records[i]
-        paths = _image_paths(rec, self.root)
-        images = [load_image(p) for p in paths]
-        if any(im is None for im in images):
+        ok, pixels = load_pixels(rec, self.root, self.transform)
+        if not ok:
             return None
         turns = rec["conversations"]
         if self.max_turns is not None:
             turns = sample_turns(turns, self.max_turns, self.rng)
-        if paths and not any(IMAGE_TOKEN in t["value"] for t in turns):
+        if pixels is not None and not any(IMAGE_TOKEN in t["value"] for t in turns):
             turns = [{**turns[0], "value": IMAGE_TOKEN + "\n" + turns[0]["value"]}] + turns[1:]
         ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length)
-        return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "pixel_values": torch.stack([self.transform(im) for im in images]) if images else None,
-        }
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": pixels}
 
 
 class QADataset(Dataset):
@@ -126,13 +128,9 @@ class QADataset(Dataset):
 
     def __getitem__(self, i: int) -> dict | None:
         rec = self.records[i]
-        paths = _image_paths(rec, self.root)
-        images = [load_image(p) for p in paths]
-        if any(im is None for im in images):
+        ok, pixels = load_pixels(rec, self.root, self.transform)
+        if not ok:
             return None
-        ids = tokenize_prompt(rec["question"], self.tokenizer, self.template, image=bool(paths))
-        return {
-            "input_ids": torch.tensor(ids),
-            "pixel_values": torch.stack([self.transform(im) for im in images]) if images else None,
-            "meta": {k: rec.get(k) for k in ("id", "image", "question", "answer", "type")},
-        }
+        ids = tokenize_prompt(rec["question"], self.tokenizer, self.template, image=pixels is not None)
+        return {"input_ids": torch.tensor(ids), "pixel_values": pixels,
+                "meta": {k: rec.get(k) for k in ("id", "image", "question", "answer", "type")}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -47,3 +49,38 @@ class MLPConnector(Connector):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class PatchMergerConnector(Connector):
+    """Space-to-depth merge of each `merge x merge` block of neighbouring patches, then an MLP.
+
+    The token-reducing connector of InternVL (pixel shuffle) and Qwen2-VL (patch merger):
+    fewer, wider image tokens. Every merged cell keeps its own input channels, so position
+    within the block survives without position embeddings; with `merge` equal to the grid
+    side the whole image becomes one token, the Relation Networks "CNN+MLP" read-out.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, merge: int = 2, depth: int = 2, activation: str = "gelu",
+                 hidden_dim: int | None = None) -> None:
+        super().__init__()
+        if merge < 1:
+            raise ValueError(f"PatchMergerConnector merge must be >= 1, got {merge}")
+        self.in_dim, self.out_dim, self.merge = in_dim, out_dim, merge
+        self.mlp = MLPConnector(merge * merge * in_dim, out_dim, depth=depth, activation=activation,
+                                hidden_dim=hidden_dim)
+
+    def _grid(self, num_patches: int) -> int:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches or side % self.merge:
+            raise ValueError(f"PatchMergerConnector needs a square grid whose side is divisible by merge={self.merge}; "
+                             f"got {num_patches} patches")
+        return side
+
+    def num_tokens(self, num_patches: int) -> int:
+        return (self._grid(num_patches) // self.merge) ** 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, D = x.shape
+        s, m = self._grid(N), self.merge
+        x = x.reshape(B, s // m, m, s // m, m, D).permute(0, 1, 3, 2, 4, 5).reshape(B, (s // m) ** 2, m * m * D)
+        return self.mlp(x)

@@ -112,7 +112,25 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):
     assert skipped >= 2
 
 
+def test_bf16_mixed_precision_trains(world, tmp_path):
+    cfg = experiment_config(world, tmp_path, max_steps=2)
+    cfg["trainer"]["precision"] = "bf16-mixed"
+    main(["fit", "--config", _write(tmp_path / "bf16.yaml", cfg)])
+    rows = list(csv.DictReader(open(tmp_path / "tiny" / "version_0" / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 2 and all(loss == loss and loss > 0 for loss in losses)
+
+
 def test_console_script_is_installed():
     exe = shutil.which("chimera") or str(__import__("pathlib").Path(sys.executable).parent / "chimera")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "chimera fit --config" in out
+
+
+def test_shipped_experiment_configs_validate(capsys):
+    for path in sorted(__import__("pathlib").Path("configs/experiments").glob("*.yaml")):
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", "--config", str(path), "--print_config"])
+        assert exc.value.code in (0, None), path
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["model"]["class_path"] == "train.module.VLMModule"

@@ -61,6 +61,7 @@ def generate_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     if command in ("fit", "validate", "test", "predict"):
         from train.fit_cli import run_lightning_cli
 
-        run_lightning_cli([command, *rest])
+        # from the shell LightningCLI reads sys.argv itself (it warns when given both)
+        run_lightning_cli(None if from_command_line else [command, *rest])
     elif command == "data":
         data_main(rest)
     elif command == "generate":

@@ -22,7 +22,7 @@ class ChimeraCLI(LightningCLI):
         self.model.chimera_config = _to_dict(config["model"])
 
 
-def run_lightning_cli(args: list[str]) -> None:
+def run_lightning_cli(args: list[str] | None) -> None:
     ChimeraCLI(
         L.LightningModule,
         L.LightningDataModule,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ from torch import nn
 from data.templates import ChatTemplate
 from models.llava import LLaVA
 from train.answers import accuracy_by_type, format_accuracy, normalize_answer
+from train.loggers import log_sample_table
 from train.schedule import warmup_cosine
 
 Stage = Literal["align", "finetune", "full"]
@@ -65,6 +67,7 @@ class VLMModule(L.LightningModule):
         self.skipped_samples = 0
         self.chimera_config: dict | None = None  # the resolved model config, set by the CLI
         self._val_records: list[dict] = []
+        self._fit_start: float | None = None
         for name in ("vision", "connector", "language"):
             getattr(model, name).requires_grad_(name in TRAINABLE[stage])
 
@@ -80,6 +83,7 @@ class VLMModule(L.LightningModule):
         return [(name, *count_parameters(getattr(self.model, name))) for name in ("vision", "connector", "language")]
 
     def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
         lines = [f"stage {self.stage!r}: trainable parameters per module", f"{'module':<10} {'total':>12} {'trainable':>12}"]
         for name, total, trainable in self.parameter_table():
             lines.append(f"{name:<10} {total:>12,} {trainable:>12,}")
@@ -116,6 +120,8 @@ class VLMModule(L.LightningModule):
         if not records:
             return
         accuracy = accuracy_by_type(records, self.type_groups)
+        if self._fit_start is not None:  # wall time, so curves read as "accuracy after N minutes"
+            self.log("val/train_minutes", (time.perf_counter() - self._fit_start) / 60)
         for key, value in accuracy.items():
             self.log(f"val/{key}", value, prog_bar=key in ("acc", "acc_non_relational", "acc_relational"))
         if not self.trainer.sanity_checking:
@@ -131,8 +137,6 @@ class VLMModule(L.LightningModule):
             path = Path(log_dir) / "predictions" / f"val_step{self.global_step:07d}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(r) + "\n" for r in records))
-        from train.loggers import log_sample_table
-
         log_sample_table(self.loggers, records[: self.num_logged_samples], self.trainer.datamodule, self.global_step)
 
     def configure_optimizers(self):
