@@ -84,11 +84,11 @@ class VLMModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
+        table = self.parameter_table()
         lines = [f"stage {self.stage!r}: trainable parameters per module", f"{'module':<10} {'total':>12} {'trainable':>12}"]
-        for name, total, trainable in self.parameter_table():
-            lines.append(f"{name:<10} {total:>12,} {trainable:>12,}")
+        lines += [f"{name:<10} {total:>12,} {trainable:>12,}" for name, total, trainable in table]
         rank_zero_info("\n".join(lines))
-        counts = {f"params/{n}_{k}": float(v) for n, t, tr in self.parameter_table() for k, v in (("total", t), ("trainable", tr))}
+        counts = {f"params/{n}_{k}": float(v) for n, t, tr in table for k, v in (("total", t), ("trainable", tr))}
         for logger in self.loggers:
             logger.log_metrics(counts, step=0)
 
