@@ -16,21 +16,29 @@ from data.templates import IMAGE_TOKEN, ChatTemplate
 from data.tokenize import tokenize_conversation, tokenize_prompt
 
 
+def read_json_lines(path: str | Path) -> list[dict]:
+    """One JSON object per line (blank lines allowed); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not valid JSON: {err}") from err
+    return records
+
+
 def read_records(path: str | Path) -> list[dict]:
     """A JSON list (LLaVA) or JSON lines; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    text = path.read_text()
     if path.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: not valid JSON: {err}") from err
-        return records
+        return read_json_lines(path)
+    text = path.read_text()
     try:
         records = json.loads(text)
     except json.JSONDecodeError as err:
@@ -109,19 +117,17 @@ class ConversationDataset(Dataset):
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": pixels}
 
 
-class QADataset(Dataset):
-    """Single-turn questions for generation-based evaluation; keeps id/answer/type for scoring."""
+class PromptDataset(Dataset):
+    """Single-turn generation prompts over records with optional images; `meta` carries the
+    record's index (and the fields named in `meta_keys`) so predictions map back to records."""
 
-    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                 transform: Callable, limit: int | None = None) -> None:
-        self.path = Path(path)
-        self.records = read_records(self.path)[:limit]
-        for n, rec in enumerate(self.records):
-            missing = {"id", "question", "answer"} - rec.keys()
-            if missing:
-                raise ValueError(f"{self.path}: record {n} lacks {sorted(missing)}")
-        self.root = self.path.parent
-        self.tokenizer, self.template, self.transform = tokenizer, template, transform
+    def __init__(self, records: list[dict], root: str | Path, prompts: list[str],
+                 tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, transform: Callable,
+                 meta_keys: tuple[str, ...] = ()) -> None:
+        if len(prompts) != len(records):
+            raise ValueError(f"{len(prompts)} prompts for {len(records)} records")
+        self.records, self.prompts, self.root = records, prompts, Path(root)
+        self.tokenizer, self.template, self.transform, self.meta_keys = tokenizer, template, transform, meta_keys
 
     def __len__(self) -> int:
         return len(self.records)
@@ -131,6 +137,22 @@ class QADataset(Dataset):
         ok, pixels = load_pixels(rec, self.root, self.transform)
         if not ok:
             return None
-        ids = tokenize_prompt(rec["question"], self.tokenizer, self.template, image=pixels is not None)
+        ids = tokenize_prompt(self.prompts[i], self.tokenizer, self.template, image=pixels is not None)
         return {"input_ids": torch.tensor(ids), "pixel_values": pixels,
-                "meta": {k: rec.get(k) for k in ("id", "image", "question", "answer", "type")}}
+                "meta": {"index": i, **{k: rec.get(k) for k in self.meta_keys}}}
+
+
+class QADataset(PromptDataset):
+    """`{id, image, question, answer, type}` JSONL for generation-based validation."""
+
+    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                 transform: Callable, limit: int | None = None) -> None:
+        path = Path(path)
+        records = read_records(path)[:limit]
+        for n, rec in enumerate(records):
+            missing = {"id", "question", "answer"} - rec.keys()
+            if missing:
+                raise ValueError(f"{path}: record {n} lacks {sorted(missing)}")
+        super().__init__(records, path.parent, [r["question"] for r in records], tokenizer, template, transform,
+                         meta_keys=("id", "image", "question", "answer", "type"))
+        self.path = path

@@ -1,10 +1,4 @@
-from train.answers import accuracy_by_type, format_accuracy, normalize_answer
-
-
-def test_normalize_answer_ignores_case_punctuation_and_spacing():
-    assert normalize_answer(" Circle. ") == "circle"
-    assert normalize_answer("Top!") == normalize_answer("top")
-    assert normalize_answer("square") != normalize_answer("circle")
+from train.answers import accuracy_by_type, format_accuracy
 
 
 def test_accuracy_by_type_and_groups():

@@ -1,15 +1,8 @@
-"""Short-answer scoring for generation-based validation (exact match after light normalisation)."""
+"""Per-type accuracy tables for validation during training (answers are scored by the VQA metric)."""
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
-
-_PUNCT = re.compile(r"[^\w\s]")
-
-
-def normalize_answer(text: str) -> str:
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
 def accuracy_by_type(records: list[dict], groups: dict[str, list[str]] | None = None) -> dict[str, float]:

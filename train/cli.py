@@ -12,7 +12,9 @@ commands:
   fit        train from an experiment config   (chimera fit --config configs/experiments/X.yaml)
   validate   validate a config/checkpoint       (chimera validate --config X.yaml --ckpt_path CKPT)
   data       write a synthetic world            (chimera data sort-of-clevr|shapes --out DIR ...)
+             or convert an official eval set    (chimera data vqav2|coco-captions|pope ... --out FILE)
   generate   answer a prompt about an image     (chimera generate --ckpt CKPT --image IMG --prompt TEXT)
+  eval       score a checkpoint on tasks        (chimera eval --config X.yaml --ckpt CKPT --tasks vqa --out DIR)
 """
 
 
@@ -34,7 +36,32 @@ def data_main(argv: list[str]) -> None:
     shp.add_argument("--seed", type=int, default=0)
     shp.add_argument("--max-objects", type=int, default=5)
     shp.add_argument("--shard-size", type=int, default=1000)
+    vqa = sub.add_parser("vqav2", help="convert official VQAv2 questions+annotations to eval JSONL")
+    vqa.add_argument("--questions", required=True)
+    vqa.add_argument("--annotations", required=True)
+    vqa.add_argument("--image-dir", default="")
+    vqa.add_argument("--out", required=True)
+    coco = sub.add_parser("coco-captions", help="convert a COCO captions JSON to eval JSONL")
+    coco.add_argument("--captions", required=True)
+    coco.add_argument("--image-dir", default="")
+    coco.add_argument("--out", required=True)
+    pope = sub.add_parser("pope", help="convert official POPE JSONL files (SPLIT=FILE ...) to eval JSONL")
+    pope.add_argument("--splits", nargs="+", required=True, metavar="SPLIT=FILE")
+    pope.add_argument("--image-dir", default="")
+    pope.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.world in ("vqav2", "coco-captions", "pope"):
+        from data import eval_formats
+
+        if args.world == "vqav2":
+            n = eval_formats.convert_vqav2(args.questions, args.annotations, args.image_dir, args.out)
+        elif args.world == "coco-captions":
+            n = eval_formats.convert_coco_captions(args.captions, args.image_dir, args.out)
+        else:
+            splits = dict(s.split("=", 1) for s in args.splits)
+            n = eval_formats.convert_pope(splits, args.image_dir, args.out)
+        print(f"wrote {n} records to {args.out}")
+        return
     if args.world == "sort-of-clevr":
         from data.sort_of_clevr import write_sort_of_clevr
 
@@ -76,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         data_main(rest)
     elif command == "generate":
         generate_main(rest)
+    elif command == "eval":
+        from train.evaluation.command import eval_main
+
+        eval_main(rest)
     else:
         sys.exit(f"chimera: unknown command {command!r}\n\n{USAGE}")
 

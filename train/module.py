@@ -14,7 +14,8 @@ from torch import nn
 
 from data.templates import ChatTemplate
 from models.llava import LLaVA
-from train.answers import accuracy_by_type, format_accuracy, normalize_answer
+from train.answers import accuracy_by_type, format_accuracy
+from train.evaluation.vqa_metric import vqa_accuracy
 from train.loggers import log_sample_table
 from train.schedule import warmup_cosine
 
@@ -112,7 +113,7 @@ class VLMModule(L.LightningModule):
         if "input_ids" not in batch:
             return
         for meta, pred in zip(batch["meta"], self.generate_answers(batch)):
-            correct = normalize_answer(pred) == normalize_answer(str(meta["answer"]))
+            correct = vqa_accuracy(pred, [str(meta["answer"])]) == 1.0  # same scoring as `chimera eval`
             self._val_records.append({**meta, "prediction": pred.strip(), "correct": correct})
 
     def on_validation_epoch_end(self) -> None:

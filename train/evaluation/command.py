@@ -1,0 +1,112 @@
+"""Argument handling for `chimera eval` (model mode and --predictions mode)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from train.evaluation.decoding import Decoding
+from train.evaluation.runner import evaluate_model, make_task, score_prediction_file
+from train.evaluation.wandb_log import log_eval_to_wandb, wandb_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chimera eval", description="Evaluate a checkpoint on tasks, or score "
+                                "existing predictions; writes OUT/results.json and OUT/<task>.jsonl.")
+    p.add_argument("--config", help="experiment YAML: default data files (beside data.val_qa) and logger")
+    p.add_argument("--ckpt", help="checkpoint from `chimera fit` (without it: the config's untrained model)")
+    p.add_argument("--tasks", required=True, help="comma-separated: vqa,caption,pope")
+    p.add_argument("--data", action="append", default=[],
+                   help="FILE (one task) or TASK=FILE; repeatable. Default: the task's file beside data.val_qa")
+    p.add_argument("--predictions", help='JSONL of {"id", "prediction"} to score without loading a model')
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, help="default: per task (vqa 8, pope 4, caption 48)")
+    p.add_argument("--stop", action="append", help='stop string (repeatable; default "\\n")')
+    p.add_argument("--limit", type=int, help="first N samples of each task")
+    return p
+
+
+def _read_config(path: str | None) -> dict:
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"experiment config not found: {path}")
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def default_val_qa(config: dict) -> str | None:
+    return ((config.get("data") or {}).get("init_args") or {}).get("val_qa")
+
+
+def resolve_task_files(tasks: list[str], data_args: list[str], val_qa: str | None) -> dict[str, str]:
+    """`--data` entries (FILE or TASK=FILE), else each task's default file beside `val_qa`."""
+    files: dict[str, str] = {}
+    for arg in data_args:
+        name, sep, path = arg.partition("=")
+        if sep:
+            files[name] = path
+        elif len(tasks) == 1:
+            files[tasks[0]] = arg
+        else:
+            raise ValueError(f"--data {arg}: with several tasks write TASK=FILE")
+    unknown = set(files) - set(tasks)
+    if unknown:
+        raise ValueError(f"--data names tasks not in --tasks: {sorted(unknown)}")
+    for name in tasks:
+        if name not in files:
+            if not val_qa:
+                raise ValueError(f"no data file for task {name!r}: pass --data or a --config with data.val_qa")
+            files[name] = str(Path(val_qa).parent / make_task(name).default_file)
+        if not Path(files[name]).is_file():
+            raise FileNotFoundError(f"data file for task {name!r} not found: {files[name]}")
+    return files
+
+
+def _load_module(args, config: dict):
+    from train.checkpoint import build_module, load_module
+
+    if args.ckpt:
+        return load_module(args.ckpt)
+    if not config.get("model"):
+        raise ValueError("give --ckpt, or a --config with a model section (evaluates the untrained model)")
+    module = build_module(config["model"])
+    module.chimera_config = config["model"]
+    return module.eval()
+
+
+def eval_main(argv: list[str]) -> dict:
+    args = build_parser().parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for t in tasks:
+        make_task(t)  # unknown names fail before anything loads
+    config = _read_config(args.config)
+    files = resolve_task_files(tasks, args.data, default_val_qa(config))
+    if args.predictions:
+        if len(tasks) != 1:
+            raise ValueError("--predictions scores one task at a time")
+        results, rows = score_prediction_file(tasks[0], args.predictions, files[tasks[0]], args.out)
+    else:
+        module = _load_module(args, config)
+        decoding = Decoding(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                            stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size)
+        results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt)
+    settings = wandb_settings(config)
+    if settings is not None:
+        log_eval_to_wandb(results, rows, files, settings)
+    print(format_results(results))
+    print(f"wrote {Path(args.out) / 'results.json'}")
+    return results
+
+
+def format_results(results: dict) -> str:
+    lines = []
+    for task, metrics in results.items():
+        if task == "meta":
+            continue
+        lines.append(f"{task}")
+        lines += [f"  {k:<28} {v:>10.4f}" for k, v in metrics.items()]
+    return "\n".join(lines)

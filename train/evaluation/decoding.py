@@ -1,0 +1,64 @@
+"""Batched decoding for evaluation: left-padded prompts, KV cache, greedy or beam, stop strings.
+
+Order is preserved and every sample's prediction depends only on its own prompt, so
+scores do not change with the batch size (a test checks batch 1 against batch 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from data.collate import Collator
+from data.conversation_dataset import PromptDataset
+
+
+@dataclass
+class Decoding:
+    max_new_tokens: int | None = None  # None: the task's default
+    num_beams: int = 1
+    stop: list[str] = field(default_factory=lambda: ["\n"])
+    batch_size: int = 16
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Everything before the first stop string (generation may run past it inside a batch)."""
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut].strip()
+
+
+@torch.no_grad()
+def generate_predictions(module, records: list[dict], root: str | Path, prompts: list[str],
+                         decoding: Decoding, max_new_tokens: int, num_workers: int = 0) -> list[str | None]:
+    """One prediction per record; None where the record's image is missing or unreadable."""
+    model = module.model
+    tok = model.tokenizer
+    dataset = PromptDataset(records, root, prompts, tok, module.template, model.vision.transform(train=False))
+    loader = DataLoader(dataset, batch_size=decoding.batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=Collator(tok.pad_token_id, left_pad=True))
+    predictions: list[str | None] = [None] * len(records)
+    was_training = module.training
+    module.eval()
+    try:
+        for batch in loader:
+            if "input_ids" not in batch:
+                continue
+            device = next(model.parameters()).device
+            pixels = batch["pixel_values"].to(device) if batch["pixel_values"] is not None else None
+            stop_kwargs = {"stop_strings": list(decoding.stop), "tokenizer": tok} if decoding.stop else {}
+            out = model.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
+                                 max_new_tokens=max_new_tokens, num_beams=decoding.num_beams, **stop_kwargs)
+            texts = tok.batch_decode(out, skip_special_tokens=True)
+            for meta, text in zip(batch["meta"], texts):
+                predictions[meta["index"]] = cut_at_stop(text, decoding.stop)
+    finally:
+        module.train(was_training)
+    return predictions

@@ -1,0 +1,130 @@
+"""`chimera eval`: run tasks on a model (or score existing predictions) and write the results.
+
+Output directory:
+  results.json       {task: {metric: value}, ..., "meta": {model, checkpoint, config_hash, date, ...}}
+  <task>.jsonl       one record per sample: id, image, prompt, prediction, reference, score (+ type/split)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from data.conversation_dataset import read_records
+from train.evaluation.decoding import Decoding, generate_predictions
+from train.evaluation.tasks import GENERATIVE_TASKS
+
+log = logging.getLogger(__name__)
+EXTRA_FIELDS = ("type", "split", "object")
+
+
+def config_hash(config: dict | None) -> str | None:
+    if config is None:
+        return None
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_task(name: str):
+    if name not in GENERATIVE_TASKS:
+        raise ValueError(f"unknown eval task {name!r}; choose from {sorted(GENERATIVE_TASKS)}")
+    return GENERATIVE_TASKS[name]()
+
+
+def load_task_records(task, path: str | Path, limit: int | None = None) -> list[dict]:
+    records = read_records(path)[:limit]
+    if not records:
+        raise ValueError(f"{path}: no records for the {task.name!r} task")
+    task.check(records, str(path))
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: ids are not unique")
+    return records
+
+
+def score_records(task, records: list[dict], predictions: list[str | None], prompts: list[str]) -> tuple[dict, list[dict]]:
+    """Per-sample rows and the task's metrics. A sample without a prediction (unreadable image)
+    is left out of the metrics and counted as `skipped`."""
+    rows, skipped = [], 0
+    for rec, pred, prompt in zip(records, predictions, prompts):
+        refs = task.references(rec)
+        row = {"id": rec["id"], "image": rec.get("image"), "prompt": prompt, "prediction": pred,
+               "reference": refs if (len(refs) > 1 or task.name == "caption") else refs[0]}
+        row.update({k: rec[k] for k in EXTRA_FIELDS if k in rec})
+        if pred is None:
+            skipped += 1
+            row["score"], row["skipped"] = None, True
+        else:
+            row["score"] = task.score_sample(pred, rec)
+        rows.append(row)
+    scored = [r for r in rows if r["prediction"] is not None]
+    if not scored:
+        raise ValueError(f"{task.name}: no sample could be scored ({skipped} skipped)")
+    metrics = task.aggregate(scored)  # may fill per-sample scores (CIDEr-D)
+    metrics.update({"n": float(len(scored)), "skipped": float(skipped)})
+    return metrics, rows
+
+
+def write_outputs(out_dir: str | Path, results: dict, rows_by_task: dict[str, list[dict]]) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in rows_by_task.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def _meta(**kw) -> dict:
+    return {**kw, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Path, decoding: Decoding | None = None,
+                   limit: int | None = None, checkpoint: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
+    """Generate and score every task; writes results.json and the per-sample files."""
+    decoding = decoding or Decoding()
+    results: dict = {}
+    rows_by_task: dict[str, list[dict]] = {}
+    for name, path in task_files.items():
+        task = make_task(name)
+        records = load_task_records(task, path, limit)
+        prompts = [task.prompt(r) for r in records]
+        max_new = decoding.max_new_tokens or task.max_new_tokens
+        preds = generate_predictions(module, records, Path(path).parent, prompts, decoding, max_new)
+        results[name], rows_by_task[name] = score_records(task, records, preds, prompts)
+        log.info("%s: %s", name, results[name])
+    config = getattr(module, "chimera_config", None)
+    results["meta"] = _meta(model=type(module.model).__name__, checkpoint=checkpoint, config_hash=config_hash(config),
+                            data={k: str(v) for k, v in task_files.items()}, decoding=asdict(decoding), limit=limit)
+    write_outputs(out_dir, results, rows_by_task)
+    return results, rows_by_task
+
+
+def score_prediction_file(task_name: str, predictions: str | Path, data: str | Path,
+                          out_dir: str | Path) -> tuple[dict, dict[str, list[dict]]]:
+    """Score `{"id", "prediction"}` records from any model against a data file, matched by id."""
+    task = make_task(task_name)
+    records = load_task_records(task, data)
+    by_id: dict = {}
+    for n, p in enumerate(read_records(predictions)):
+        if "id" not in p or "prediction" not in p:
+            raise ValueError(f"{predictions}: record {n} needs 'id' and 'prediction'")
+        by_id[p["id"]] = p["prediction"]
+    known = {r["id"] for r in records}
+    unknown = [i for i in by_id if i not in known]
+    if unknown:
+        raise ValueError(f"{predictions}: {len(unknown)} ids are not in {data} (e.g. {unknown[0]!r})")
+    missing = [r["id"] for r in records if r["id"] not in by_id]
+    if missing:
+        log.warning("%d of %d samples have no prediction in %s; they are counted as skipped",
+                    len(missing), len(records), predictions)
+    prompts = [task.prompt(r) for r in records]
+    preds = [None if by_id.get(r["id"]) is None else str(by_id[r["id"]]) for r in records]
+    metrics, rows = score_records(task, records, preds, prompts)
+    results = {task_name: metrics, "meta": _meta(model=None, checkpoint=None, config_hash=None,
+                                                 predictions=str(predictions), data={task_name: str(data)})}
+    write_outputs(out_dir, results, {task_name: rows})
+    return results, {task_name: rows}
