@@ -323,6 +323,19 @@ def _generate(world: World, rng: np.random.Generator, n: int) -> list[_Item]:
     return items
 
 
+def _write_single_objects(root: Path, items: Sequence[_Item], world: World) -> list[dict]:
+    """Each val object drawn alone in its cell: zero-shot classification by colour and shape."""
+    (root / "images" / "zeroshot").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, item in enumerate(items):
+        for k, obj in enumerate(item.scene.objects):
+            rel = f"images/zeroshot/{i:06d}-{k}.png"
+            (root / rel).write_bytes(png_bytes(render(Scene((obj,)), world)))
+            rows.append({"id": f"{record_id('val', i)}-{k}", "image": rel, "label": obj.name, "color": obj.color,
+                         "shape": obj.shape, "size": obj.size, "position": obj.position})
+    return rows
+
+
 def _shard_sample(key: str, item: _Item) -> dict:
     scene_json = json.dumps(item.scene.to_json()).encode()
     return {"__key__": key, "png": item.png, "txt": item.caption.encode(), "json": scene_json}
@@ -347,7 +360,7 @@ def write_shapes(
     """Write the shapes dataset under `out` and return a summary (paths, counts).
 
     Layout: images/{train,val}/NNNNNN.png, train.json / val.json (LLaVA), val_qa.jsonl,
-    val_captions.jsonl, pope_val.jsonl, shards/{train,val}-NNNNNN.tar (png/txt/json),
+    val_captions.jsonl, pope_val.jsonl, zeroshot_val.jsonl (each val object drawn alone), shards/{train,val}-NNNNNN.tar (png/txt/json),
     tokenizer/, meta.json. POPE popularity and co-occurrence come from the train split,
     the data a model's object priors are learned from.
     """
@@ -397,6 +410,7 @@ def write_shapes(
             k = seen[p["split"]] = seen.get(p["split"], -1) + 1
             pope.append({"id": f"{record_id('val', i)}-{p['split']}-{k:02d}", "image": image_relpath("val", i), **p})
     write_jsonl(root / "pope_val.jsonl", pope)
+    n_zeroshot = write_jsonl(root / "zeroshot_val.jsonl", _write_single_objects(root, val, world))
     train_tokenizer(qa_texts(records["train"] + records["val"]), root / "tokenizer")
 
     counts = {
@@ -405,6 +419,7 @@ def write_shapes(
         "train_turns": sum(len(r["types"]) for r in records["train"]),
         "val_questions": n_qa,
         "pope_probes": len(pope),
+        "zeroshot_images": n_zeroshot,
         "train_shards": len(shards["train"]),
         "val_shards": len(shards["val"]),
     }
@@ -422,6 +437,7 @@ def write_shapes(
         "val_qa": str(root / "val_qa.jsonl"),
         "val_captions": str(root / "val_captions.jsonl"),
         "pope": str(root / "pope_val.jsonl"),
+        "zeroshot": str(root / "zeroshot_val.jsonl"),
         "shards": shards,
         "tokenizer": str(root / "tokenizer"),
         "meta": str(root / "meta.json"),

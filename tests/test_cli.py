@@ -133,4 +133,5 @@ def test_shipped_experiment_configs_validate(capsys):
             main(["fit", "--config", str(path), "--print_config"])
         assert exc.value.code in (0, None), path
         printed = yaml.safe_load(capsys.readouterr().out)
-        assert printed["model"]["class_path"] == "train.module.VLMModule"
+        assert printed["model"]["class_path"] == yaml.safe_load(path.read_text())["model"]["class_path"]
+        assert printed["model"]["init_args"]["model"]["class_path"]  # the composed model resolved

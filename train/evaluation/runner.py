@@ -15,8 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from data.conversation_dataset import read_records
+from train.evaluation.contrastive import CONTRASTIVE_TASKS
 from train.evaluation.decoding import Decoding, generate_predictions
 from train.evaluation.tasks import GENERATIVE_TASKS
+
+TASKS = {**GENERATIVE_TASKS, **CONTRASTIVE_TASKS}
 
 log = logging.getLogger(__name__)
 EXTRA_FIELDS = ("type", "split", "object")
@@ -29,9 +32,29 @@ def config_hash(config: dict | None) -> str | None:
 
 
 def make_task(name: str):
-    if name not in GENERATIVE_TASKS:
-        raise ValueError(f"unknown eval task {name!r}; choose from {sorted(GENERATIVE_TASKS)}")
-    return GENERATIVE_TASKS[name]()
+    if name not in TASKS:
+        raise ValueError(f"unknown eval task {name!r}; choose from {sorted(TASKS)}")
+    return TASKS[name]()
+
+
+def is_contrastive(task) -> bool:
+    return getattr(task, "kind", "generative") == "contrastive"
+
+
+def _run_task(module, task, records: list[dict], root: Path, decoding: Decoding) -> tuple[dict, list[dict]]:
+    model = module.model
+    contrastive_model = hasattr(model, "encode_text")
+    if is_contrastive(task) != contrastive_model:
+        need = "a contrastive (CLIP) model" if is_contrastive(task) else "a generative model (LLaVA, Flamingo)"
+        raise ValueError(f"task {task.name!r} needs {need}; the checkpoint holds a {type(model).__name__}")
+    if is_contrastive(task):
+        metrics, rows = task.run(model, records, root, decoding.batch_size)
+        n = sum(1 for r in rows if not r.get("skipped"))
+        metrics.update({"n": float(n), "skipped": float(len(rows) - n)})
+        return metrics, rows
+    prompts = [task.prompt(r) for r in records]
+    preds = generate_predictions(module, records, root, prompts, decoding, decoding.max_new_tokens or task.max_new_tokens)
+    return score_records(task, records, preds, prompts)
 
 
 def load_task_records(task, path: str | Path, limit: int | None = None) -> list[dict]:
@@ -91,10 +114,7 @@ def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Pat
     for name, path in task_files.items():
         task = make_task(name)
         records = load_task_records(task, path, limit)
-        prompts = [task.prompt(r) for r in records]
-        max_new = decoding.max_new_tokens or task.max_new_tokens
-        preds = generate_predictions(module, records, Path(path).parent, prompts, decoding, max_new)
-        results[name], rows_by_task[name] = score_records(task, records, preds, prompts)
+        results[name], rows_by_task[name] = _run_task(module, task, records, Path(path).parent, decoding)
         log.info("%s: %s", name, results[name])
     config = getattr(module, "chimera_config", None)
     results["meta"] = _meta(model=type(module.model).__name__, checkpoint=checkpoint, config_hash=config_hash(config),
@@ -107,6 +127,8 @@ def score_prediction_file(task_name: str, predictions: str | Path, data: str | P
                           out_dir: str | Path) -> tuple[dict, dict[str, list[dict]]]:
     """Score `{"id", "prediction"}` records from any model against a data file, matched by id."""
     task = make_task(task_name)
+    if is_contrastive(task):
+        raise ValueError(f"task {task_name!r} scores embeddings, not text predictions: run it with --ckpt")
     records = load_task_records(task, data)
     by_id: dict = {}
     for n, p in enumerate(read_records(predictions)):
