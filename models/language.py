@@ -78,6 +78,16 @@ class LanguageModel(nn.Module):
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
         self.image_token_id: int = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Add special tokens (e.g. Flamingo's `<|endofchunk|>`) if missing, resize the
+        embeddings (new rows random, as HF does), and return their ids."""
+        missing = [t for t in tokens if t not in self.tokenizer.get_vocab()]
+        if missing:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+            if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+                self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        return [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
+
     @property
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().embedding_dim
