@@ -336,6 +336,14 @@ def _write_single_objects(root: Path, items: Sequence[_Item], world: World) -> l
     return rows
 
 
+def _preference_rows(split: str, items: Sequence[_Item], world: World, seed: int) -> list[dict]:
+    from data.preferences import preference_pairs  # imports this module
+
+    rng = stream_rng(seed, f"preferences-{split}")
+    return [{"id": f"{record_id(split, i)}-{k}", "image": image_relpath(split, i), **pair}
+            for i, item in enumerate(items) for k, pair in enumerate(preference_pairs(item.scene, world, rng))]
+
+
 def _shard_sample(key: str, item: _Item) -> dict:
     scene_json = json.dumps(item.scene.to_json()).encode()
     return {"__key__": key, "png": item.png, "txt": item.caption.encode(), "json": scene_json}
@@ -360,7 +368,8 @@ def write_shapes(
     """Write the shapes dataset under `out` and return a summary (paths, counts).
 
     Layout: images/{train,val}/NNNNNN.png, train.json / val.json (LLaVA), val_qa.jsonl,
-    val_captions.jsonl, pope_val.jsonl, zeroshot_val.jsonl (each val object drawn alone), shards/{train,val}-NNNNNN.tar (png/txt/json),
+    val_captions.jsonl, pope_val.jsonl, zeroshot_val.jsonl (each val object drawn alone),
+    preference_{train,val}.jsonl (DPO pairs), shards/{train,val}-NNNNNN.tar (png/txt/json),
     tokenizer/, meta.json. POPE popularity and co-occurrence come from the train split,
     the data a model's object priors are learned from.
     """
@@ -411,6 +420,8 @@ def write_shapes(
             pope.append({"id": f"{record_id('val', i)}-{p['split']}-{k:02d}", "image": image_relpath("val", i), **p})
     write_jsonl(root / "pope_val.jsonl", pope)
     n_zeroshot = write_jsonl(root / "zeroshot_val.jsonl", _write_single_objects(root, val, world))
+    n_pref = {split: write_jsonl(root / f"preference_{split}.jsonl", _preference_rows(split, items, world, seed))
+              for split, items in splits.items()}
     train_tokenizer(qa_texts(records["train"] + records["val"]), root / "tokenizer")
 
     counts = {
@@ -420,6 +431,7 @@ def write_shapes(
         "val_questions": n_qa,
         "pope_probes": len(pope),
         "zeroshot_images": n_zeroshot,
+        "preference_pairs": n_pref["train"] + n_pref["val"],
         "train_shards": len(shards["train"]),
         "val_shards": len(shards["val"]),
     }
@@ -438,6 +450,7 @@ def write_shapes(
         "val_captions": str(root / "val_captions.jsonl"),
         "pope": str(root / "pope_val.jsonl"),
         "zeroshot": str(root / "zeroshot_val.jsonl"),
+        **{f"preference_{s}": str(root / f"preference_{s}.jsonl") for s in ("train", "val")},
         "shards": shards,
         "tokenizer": str(root / "tokenizer"),
         "meta": str(root / "meta.json"),

@@ -14,6 +14,14 @@ from models.splice import Spliced, splice_image_features
 from models.vision import VisionEncoder
 
 
+def summed_label_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token log-probabilities summed per row over positions whose label is not -100."""
+    target = labels[:, 1:]
+    mask = target != -100
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target.masked_fill(~mask, 0), reduction="none")
+    return -(nll * mask).sum(1)
+
+
 class LLaVA(nn.Module):
     """`connector` is a factory called with (vision dim, LM width), so configs never repeat dims."""
 
@@ -67,6 +75,12 @@ class LLaVA(nn.Module):
                 logits[:, :-1].flatten(0, 1).float(), s.labels[:, 1:].flatten(), ignore_index=-100
             )
         return logits, loss
+
+    def sequence_logprobs(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None,
+                          labels: Tensor) -> Tensor:
+        """(B,) sum of log p(label token) over each row's labelled positions (DPO's policy terms)."""
+        s = self.embed(input_ids, attention_mask, pixel_values, labels)
+        return summed_label_logprobs(self.language(s.embeds, s.attention_mask), s.labels)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from tests.tiny import experiment_config, tiny_world
@@ -135,3 +136,23 @@ def test_shipped_experiment_configs_validate(capsys):
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["model"]["class_path"] == yaml.safe_load(path.read_text())["model"]["class_path"]
         assert printed["model"]["init_args"]["model"]["class_path"]  # the composed model resolved
+
+
+def test_frozen_vision_statistics_do_not_move_during_fit(world, tmp_path):
+    """Lightning restores submodule modes after validation; a frozen BatchNorm tower must still
+    run in eval mode at every step (its running statistics stay those it was built with)."""
+    import lightning as L
+
+    from train.checkpoint import build_module
+
+    cfg = experiment_config(world, tmp_path, max_steps=4)
+    cfg["model"]["init_args"]["stage"] = "finetune"
+    cfg["trainer"]["val_check_interval"] = 2
+    main(["fit", "--config", _write(tmp_path / "ft.yaml", cfg)])
+    trained = load_module(next((tmp_path / "tiny").rglob("*.ckpt")))
+    L.seed_everything(0)
+    fresh = build_module(cfg["model"])
+    for (name, a), (_, b) in zip(trained.model.vision.named_buffers(), fresh.model.vision.named_buffers()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(trained.model.connector.parameters(),
+                                                      fresh.model.connector.parameters()))

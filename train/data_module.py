@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from data.collate import Collator
 from data.conversation_dataset import ConversationDataset, QADataset
+from data.preference_dataset import PreferenceCollator, PreferenceDataset
 
 
 class ConversationDataModule(L.LightningDataModule):
@@ -41,23 +42,40 @@ class ConversationDataModule(L.LightningDataModule):
         model, template = module.model, module.template
         module.type_groups = self.type_groups
         self.pad_id = model.tokenizer.pad_token_id
-        self.train_set = ConversationDataset(self.train_json, model.tokenizer, template,
-                                             model.vision.transform(train=True), self.max_length,
-                                             max_turns=self.max_turns)
+        self.train_set = self.build_train_set(model, template)
         self.val_set = None
         if self.val_qa:
             self.val_set = QADataset(self.val_qa, model.tokenizer, template, model.vision.transform(train=False),
                                      limit=self.max_val_samples)
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool, left_pad: bool) -> DataLoader:
+    def build_train_set(self, model, template):
+        return ConversationDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
+                                   self.max_length, max_turns=self.max_turns)
+
+    def train_collator(self):
+        return Collator(self.pad_id)
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=Collator(self.pad_id, left_pad=left_pad),
-                          persistent_workers=self.num_workers > 0, drop_last=False)
+                          collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True, left_pad=False)
+        return self._loader(self.train_set, self.batch_size, shuffle=True, collate=self.train_collator())
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False, left_pad=True)
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False,
+                            collate=Collator(self.pad_id, left_pad=True))
+
+
+class PreferenceDataModule(ConversationDataModule):
+    """DPO data: `train_json` is a preference JSONL (`prompt, image, chosen, rejected`);
+    validation is the same generation-based QA as for supervised stages."""
+
+    def build_train_set(self, model, template):
+        return PreferenceDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
+                                 self.max_length)
+
+    def train_collator(self):
+        return PreferenceCollator(self.pad_id)

@@ -33,11 +33,27 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
+def load_model_weights(model: nn.Module, ckpt_path: str) -> None:
+    """Start a stage from an earlier stage's checkpoint (its `model.*` weights, strictly)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    if not weights:
+        raise ValueError(f"{path} holds no `model.*` weights: not a checkpoint of `chimera fit`")
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"init_from {path}: its weights do not fit this model's architecture: {err}") from err
+
+
 class VLMModule(L.LightningModule):
     """Trains a LLaVA on conversations; validates by generating answers and scoring per type.
 
     Learning rates: `lr` for every trained part unless `lr_vision` / `lr_connector` /
     `lr_language` override it (LLaVA: align 1e-3 on the projector, finetune 2e-5).
+    `init_from`: a checkpoint of an earlier stage whose model weights this stage starts from.
     """
 
     def __init__(
@@ -55,6 +71,7 @@ class VLMModule(L.LightningModule):
         min_lr_ratio: float = 0.0,
         max_new_tokens: int = 8,
         num_logged_samples: int = 16,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if stage not in TRAINABLE:
@@ -69,16 +86,26 @@ class VLMModule(L.LightningModule):
         self.chimera_config: dict | None = None  # the resolved model config, set by the CLI
         self._val_records: list[dict] = []
         self._fit_start: float | None = None
+        if init_from is not None:
+            load_model_weights(model, init_from)
         for name in ("vision", "connector", "language"):
             getattr(model, name).requires_grad_(name in TRAINABLE[stage])
 
     # frozen parts stay in eval mode (no dropout, BatchNorm statistics untouched)
     def train(self, mode: bool = True):
         super().train(mode)
+        self._frozen_parts_to_eval()
+        return self
+
+    def _frozen_parts_to_eval(self) -> None:
         for name in ("vision", "connector", "language"):
             if name not in TRAINABLE[self.stage]:
                 getattr(self.model, name).eval()
-        return self
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Lightning restores each submodule's own mode after validation (and at fit start)
+        # without calling `train()` here, so the frozen parts are put back in eval every step
+        self._frozen_parts_to_eval()
 
     def parameter_table(self) -> list[tuple[str, int, int]]:
         return [(name, *count_parameters(getattr(self.model, name))) for name in ("vision", "connector", "language")]

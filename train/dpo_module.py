@@ -1,0 +1,55 @@
+"""The `dpo` stage: Direct Preference Optimization (Rafailov et al. 2023) on a trained LLaVA.
+
+Sigmoid loss -log sigma(beta * ((log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log ref(y_l)))),
+log-probabilities summed over response tokens only. The reference is a frozen copy of the
+starting policy; validation is the parent's generation-based VQA scoring.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from train.module import VLMModule
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, chosen rewards, rejected rewards); rewards are beta * (policy - reference)."""
+    chosen = beta * (policy_chosen - ref_chosen)
+    rejected = beta * (policy_rejected - ref_rejected)
+    return -F.logsigmoid(chosen - rejected).mean(), chosen.detach(), rejected.detach()
+
+
+class DPOModule(VLMModule):
+    """Args beyond VLMModule's: `beta` (0.1 as in the paper). Start from an SFT checkpoint with
+    `init_from`; `stage` says what trains (e.g. `finetune`: connector + LM)."""
+
+    def __init__(self, *args, beta: float = 0.1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.beta = beta
+        # a plain attribute, not a submodule: not trained, not saved, not moved by the optimizer
+        self.__dict__["reference"] = copy.deepcopy(self.model).requires_grad_(False).eval()
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.reference.to(self.device)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        self.skipped_samples += batch["skipped"]
+        if "input_ids" not in batch:
+            return None
+        args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        policy = self.model.sequence_logprobs(*args)
+        with torch.no_grad():
+            ref = self.reference.sequence_logprobs(*args)
+        b = batch["num_pairs"]
+        loss, chosen, rejected = dpo_loss(policy[:b], policy[b:], ref[:b], ref[b:], self.beta)
+        log = {"train/loss": loss, "train/reward_chosen": chosen.mean(), "train/reward_rejected": rejected.mean(),
+               "train/reward_margin": (chosen - rejected).mean(),
+               "train/reward_accuracy": (chosen > rejected).float().mean()}
+        self.log_dict(log, prog_bar=False, on_step=True, batch_size=b)
+        self.log("train/dpo_loss", loss, prog_bar=True, on_step=True, batch_size=b)
+        return loss
