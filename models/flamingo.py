@@ -1,0 +1,293 @@
+"""Flamingo composition: resampled image features reach a causal LM through gated cross-attention.
+
+The `<image>` tokens stay in the text. Gated cross-attention blocks are inserted by replacing
+entries of the decoder-layer `nn.ModuleList` (found at a declared attribute path) with
+`FlamingoLayer` wrappers; the blocks' parameters are owned only by `Flamingo.cross_attention`.
+
+Media conditioning travels through a `MediaState` shared by Flamingo and the wrappers. It is
+filled only inside `Flamingo.forward` / `generate`, by a forward hook on the LM's input
+embedding: the one place every LM call (full forward, prefill, each cached decoding step)
+passes with its input_ids. Outside those calls the wrapped LM behaves exactly like the base LM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.connectors import Connector
+from models.language import LanguageModel
+from models.resampler import PerceiverResampler, feed_forward, merge_heads, split_heads
+from models.vision import VisionEncoder
+
+END_OF_CHUNK_TOKEN = "<|endofchunk|>"
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """Text (LM width) attends to visual tokens (vision width); tanh gates start at 0 so the LM starts unchanged."""
+
+    def __init__(self, dim: int, dim_visual: int, heads: int = 8, dim_head: int = 64, ff_mult: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        inner = heads * dim_head
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim_visual, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.ff = feed_forward(dim, ff_mult)
+        self.ff_gate = nn.Parameter(torch.zeros(1))
+
+    def attend(self, x: Tensor, media: Tensor, media_idx: Tensor, immediate: bool) -> Tensor:
+        """x (B, L, D); media (B, T, M, Dv); media_idx (B, L): images at or before each token (0 = none)."""
+        B, T, M, _ = media.shape
+        if T == 0:
+            return torch.zeros_like(x)
+        slot = torch.arange(1, T + 1, device=x.device)
+        idx = media_idx[..., None]
+        allowed = slot == idx if immediate else slot <= idx  # (B, L, T)
+        has_media = media_idx > 0
+        # Tokens with no image get every key (no all-masked row, so no NaN) and a zeroed output.
+        allowed = (allowed | ~has_media[..., None]).repeat_interleave(M, -1)[:, None]
+        q = split_heads(self.to_q(self.norm(x)), self.heads)
+        k, v = (split_heads(t, self.heads) for t in self.to_kv(media.flatten(1, 2).to(x.dtype)).chunk(2, -1))
+        out = self.to_out(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)))
+        return torch.where(has_media[..., None], out, 0.0)
+
+    def forward(self, x: Tensor, media: Tensor, media_idx: Tensor, immediate: bool) -> Tensor:
+        h = x.to(self.attn_gate.dtype)
+        h = h + self.attn_gate.tanh() * self.attend(h, media, media_idx, immediate)
+        h = h + self.ff_gate.tanh() * self.ff(h)
+        return h.to(x.dtype)
+
+
+@dataclass
+class MediaState:
+    """Set by Flamingo for one forward/generate call; read by every FlamingoLayer."""
+
+    active: bool = False
+    immediate: bool = True
+    media: Tensor | None = None  # (B, T, M, Dv) resampled features, rows zero-padded to T images
+    num_media: Tensor | None = None  # (B,) images per row
+    seen: Tensor | None = None  # (B,) images in earlier LM calls of this generation (KV cache)
+    media_idx: Tensor | None = None  # (B, L) for the current LM call
+
+    def clear(self) -> None:
+        """In place: the wrappers hold this very object."""
+        self.__init__()
+
+
+class FlamingoLayer(nn.Module):
+    """Applies its gated block to the hidden states, then the original decoder layer, args untouched.
+
+    The block and the state are held as plain attributes, not submodules, so the LM's
+    parameters (and freezing `language`) never include the cross-attention.
+    """
+
+    def __init__(self, decoder_layer: nn.Module, block: GatedCrossAttentionBlock, state: MediaState) -> None:
+        super().__init__()
+        self.decoder_layer = decoder_layer
+        object.__setattr__(self, "block", block)
+        object.__setattr__(self, "state", state)
+
+    def __getattr__(self, name: str):
+        """Some HF models read attributes such as `attention_type` off their decoder layers."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "decoder_layer":
+                raise
+            return getattr(self.decoder_layer, name)
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs):
+        s = self.state
+        if s.active:
+            hidden_states = self.block(hidden_states, s.media, s.media_idx, s.immediate)
+        return self.decoder_layer(hidden_states, *args, **kwargs)
+
+
+class SpecialTokenDeltas(nn.Module):
+    """Trainable offsets for the input and output embedding rows of a few token ids.
+
+    Why not train the embedding matrix with a gradient mask: AdamW's weight decay would still
+    move every row, and the optimizer would hold state for the whole vocabulary. The deltas
+    start at zero, so the LM is unchanged until they train; they work with a frozen (even
+    quantized) LM whose own weights never change.
+    """
+
+    def __init__(self, token_ids: list[int], dim: int) -> None:
+        super().__init__()
+        self.register_buffer("token_ids", torch.tensor(token_ids), persistent=False)
+        self.input_delta = nn.Parameter(torch.zeros(len(token_ids), dim))
+        self.output_delta = nn.Parameter(torch.zeros(len(token_ids), dim))
+
+    def add_to_embeddings(self, input_ids: Tensor, embeds: Tensor) -> Tensor:
+        match = input_ids[..., None] == self.token_ids  # (B, L, K)
+        return embeds + (match.to(self.input_delta.dtype) @ self.input_delta).to(embeds.dtype)
+
+    def add_to_logits(self, hidden: Tensor, logits: Tensor) -> Tensor:
+        extra = (hidden.to(self.output_delta.dtype) @ self.output_delta.T).to(logits.dtype)
+        return logits.index_add(-1, self.token_ids, extra)
+
+
+class Flamingo(nn.Module):
+    """`resampler` is a factory called with (vision dim, vision dim): the resampled tokens stay in vision width."""
+
+    def __init__(
+        self,
+        vision: VisionEncoder,
+        language: LanguageModel,
+        resampler: Callable[[int, int], Connector] = PerceiverResampler,
+        cross_attn_every_n_layers: int = 1,
+        decoder_layers_path: str = "model.layers",
+        only_attend_immediate_media: bool = True,
+        xattn_heads: int = 8,
+        xattn_dim_head: int = 64,
+        xattn_ff_mult: int = 4,
+    ) -> None:
+        super().__init__()
+        if cross_attn_every_n_layers < 1:
+            raise ValueError(f"cross_attn_every_n_layers must be >= 1, got {cross_attn_every_n_layers}")
+        self.vision = vision
+        self.connector = resampler(vision.dim, vision.dim)
+        self.language = language
+        self.only_attend_immediate_media = only_attend_immediate_media
+        self.image_token_id = language.image_token_id
+        (self.end_of_chunk_token_id,) = language.add_special_tokens([END_OF_CHUNK_TOKEN])
+        self.special_tokens = SpecialTokenDeltas([self.image_token_id, self.end_of_chunk_token_id],
+                                                 language.hidden_size)
+        self._state = MediaState()
+
+        try:
+            layers = functools.reduce(getattr, decoder_layers_path.split("."), language.model)
+        except AttributeError as err:
+            raise ValueError(f"decoder_layers_path {decoder_layers_path!r} not found on "
+                             f"{type(language.model).__name__}: {err}") from err
+        if not isinstance(layers, nn.ModuleList):
+            raise ValueError(f"decoder_layers_path {decoder_layers_path!r} is a {type(layers).__name__}, "
+                             "not the nn.ModuleList of decoder layers")
+        self._decoder_layers = [layers]  # a list, so it is not registered twice
+        where = [i for i in range(len(layers)) if (i + 1) % cross_attn_every_n_layers == 0]
+        self.cross_attention = nn.ModuleList(
+            GatedCrossAttentionBlock(language.hidden_size, vision.dim, xattn_heads, xattn_dim_head, xattn_ff_mult)
+            for _ in where
+        )
+        for i, block in zip(where, self.cross_attention):
+            layers[i] = FlamingoLayer(layers[i], block, self._state)
+
+    @property
+    def tokenizer(self):
+        return self.language.tokenizer
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Visual tokens per image seen by cross-attention (each image takes one `<image>` text token)."""
+        return self.connector.num_tokens(self.vision.num_patches)
+
+    def train_special_token_rows(self, enable: bool = True) -> None:
+        """Whether the `<image>` / `<|endofchunk|>` rows learn (through their deltas), whatever `language` does."""
+        self.special_tokens.requires_grad_(enable)
+
+    def unwrap_language(self) -> LanguageModel:
+        """Put the original decoder layers back (e.g. before `language.save_pretrained`); ends this Flamingo's use."""
+        layers = self._decoder_layers[0]
+        for i, layer in enumerate(layers):
+            if isinstance(layer, FlamingoLayer):
+                layers[i] = layer.decoder_layer
+        return self.language
+
+    def encode_images(self, pixel_values: Tensor) -> Tensor:
+        """(I, 3, H, W) -> (I, M, Dv); no graph through a frozen tower."""
+        if any(p.requires_grad for p in self.vision.parameters()):
+            feats = self.vision(pixel_values)
+        else:
+            with torch.no_grad():
+                feats = self.vision(pixel_values)
+        return self.connector(feats)
+
+    def media_per_row(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Images (in `<image>` order, row 0 first) -> zero-padded (B, T, M, Dv) and per-row counts (B,)."""
+        is_img = input_ids == self.image_token_id
+        counts = is_img.sum(1)
+        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if int(counts.sum()) != n_images:
+            raise ValueError(f"batch has {int(counts.sum())} <image> tokens but {n_images} images")
+        if n_images:
+            feats = self.encode_images(pixel_values)
+        else:
+            dtype = next(self.connector.parameters()).dtype
+            feats = torch.zeros(0, self.num_image_tokens, self.vision.dim, device=input_ids.device, dtype=dtype)
+        T = int(counts.max()) if input_ids.shape[0] else 0
+        media = feats.new_zeros(input_ids.shape[0], T, *feats.shape[1:])
+        rows = is_img.nonzero()[:, 0]
+        slots = (is_img.cumsum(1) - 1)[is_img]
+        return media.index_put((rows, slots), feats), counts
+
+    @contextlib.contextmanager
+    def conditioned_on(self, media: Tensor, num_media: Tensor) -> Iterator[None]:
+        """Within the block, LM calls see `media` and the special-token deltas."""
+        s = self._state
+        s.active, s.immediate, s.media, s.num_media = True, self.only_attend_immediate_media, media, num_media
+        s.seen = torch.zeros_like(num_media)
+        handles = [self.language.model.get_input_embeddings().register_forward_hook(self._on_embed)]
+        out_emb = self.language.model.get_output_embeddings()
+        if out_emb is not None:
+            handles.append(out_emb.register_forward_hook(self._on_logits))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            s.clear()
+
+    def _on_embed(self, module: nn.Module, args: tuple, embeds: Tensor) -> Tensor:
+        input_ids = args[0]
+        s = self._state
+        if input_ids.shape[0] != s.media.shape[0]:  # beam search / num_return_sequences repeat rows
+            k, rem = divmod(input_ids.shape[0], s.media.shape[0])
+            if rem:
+                raise ValueError(f"LM called with {input_ids.shape[0]} rows for {s.media.shape[0]} media rows")
+            s.media, s.num_media, s.seen = (t.repeat_interleave(k, 0) for t in (s.media, s.num_media, s.seen))
+        # `<image>` at p conditions positions >= p; cached steps continue the count. Clamped, since
+        # generated `<image>` tokens bring no new pixels.
+        idx = s.seen[:, None] + (input_ids == self.image_token_id).cumsum(1)
+        s.media_idx = torch.minimum(idx, s.num_media[:, None])
+        s.seen = s.media_idx[:, -1]
+        return self.special_tokens.add_to_embeddings(input_ids, embeds)
+
+    def _on_logits(self, module: nn.Module, args: tuple, logits: Tensor) -> Tensor:
+        return self.special_tokens.add_to_logits(args[0], logits)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Input embeddings as the LM sees them inside Flamingo (special-token deltas added)."""
+        return self.special_tokens.add_to_embeddings(input_ids, self.language.embed(input_ids))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
+                labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Returns (logits, loss); the loss is next-token CE over labels != -100, never on `<image>`."""
+        media, counts = self.media_per_row(input_ids, pixel_values)
+        with self.conditioned_on(media, counts):
+            logits = self.language.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        loss = None
+        if labels is not None:
+            labels = labels.masked_fill(labels == self.image_token_id, -100)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
+                 max_new_tokens: int = 16, **kwargs) -> Tensor:
+        """Greedy by default; prompts must be left-padded; other kwargs go to HF `generate`. New ids only."""
+        media, counts = self.media_per_row(input_ids, pixel_values)
+        tok = self.tokenizer
+        kwargs = {"do_sample": False, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **kwargs}
+        with self.conditioned_on(media, counts):
+            out = self.language.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                               max_new_tokens=max_new_tokens, **kwargs)
+        return out[:, input_ids.shape[1]:]

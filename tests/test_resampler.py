@@ -1,0 +1,70 @@
+"""Perceiver Resampler: shapes of both input forms, what its embeddings do, use as a LLaVA connector."""
+
+import pytest
+import torch
+
+from models.language import LanguageModel
+from models.llava import LLaVA
+from models.resampler import PerceiverResampler
+from models.vision import TimmVision
+from tests.tiny import LM_CONFIG, VISION, tiny_world
+
+
+def small(in_dim=16, out_dim=16, **kw):
+    return PerceiverResampler(in_dim, out_dim, **{"num_latents": 4, "depth": 2, "heads": 2, "dim_head": 8, **kw})
+
+
+def test_shapes_and_num_tokens():
+    r = small(16, 32)
+    assert r(torch.randn(3, 10, 16)).shape == (3, 4, 32)
+    assert r(torch.randn(2, 3, 2, 10, 16)).shape == (2, 3, 4, 32)
+    assert r.num_tokens(10) == 4 == r.num_tokens(99)
+    assert isinstance(small(16, 16).proj, torch.nn.Identity)
+    with pytest.raises(ValueError, match="B, N, D"):
+        r(torch.randn(10, 16))
+
+
+def test_each_image_resampled_independently_and_patch_order_irrelevant():
+    r = small().eval()
+    x = torch.randn(3, 10, 16)
+    out = r(x)
+    torch.testing.assert_close(r(x[1:2]), out[1:2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(r(x[:, torch.randperm(10)]), out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(r(x[:, None, None]), out[:, None], rtol=0, atol=1e-6)
+
+
+def test_frame_and_media_embeddings_tell_positions_apart():
+    x = torch.randn(1, 2, 3, 5, 16)
+    plain, timed = small(), small(max_num_media=2, max_num_frames=3)
+    swap_frames = x[:, :, [2, 1, 0]]
+    torch.testing.assert_close(plain(swap_frames), plain(x), rtol=0, atol=1e-5)  # a set, without embeddings
+    assert not torch.allclose(timed(swap_frames), timed(x), atol=1e-3)
+    one = timed(x[:, :1])  # media 0 alone is resampled as when it comes with media 1
+    torch.testing.assert_close(one[:, 0], timed(x)[:, 0], rtol=0, atol=1e-6)
+    assert not torch.allclose(timed(x[:, [1, 0]])[:, 1], timed(x)[:, 0], atol=1e-3)  # media time matters
+    with pytest.raises(ValueError, match="max_num_frames"):
+        timed(torch.randn(1, 1, 4, 5, 16))
+
+
+def test_gradient_reaches_inputs_and_every_parameter():
+    r = small(16, 8, max_num_media=2, max_num_frames=2)
+    x = torch.randn(2, 2, 2, 5, 16, requires_grad=True)
+    r(x).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, p in r.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_llava_with_resampler_connector(tmp_path_factory):
+    world = tiny_world(tmp_path_factory.mktemp("world"))
+    model = LLaVA(TimmVision(**VISION["init_args"]),
+                  LanguageModel(config=LM_CONFIG, tokenizer=str(world / "tokenizer")),
+                  connector=lambda i, o: PerceiverResampler(i, o, num_latents=8, depth=1, heads=2, dim_head=16))
+    assert model.num_image_tokens == 8
+    img = model.language.image_token_id
+    ids = torch.tensor([[5, img, 6, 7], [8, 9, img, 10]])
+    labels = torch.tensor([[-100, -100, 6, 7], [-100, -100, -100, 10]])
+    logits, loss = model(ids, torch.ones_like(ids), torch.randn(2, 3, 75, 75), labels)
+    assert logits.shape[:2] == (2, 4 - 1 + 8)
+    loss.backward()
+    assert all(p.grad is not None for p in model.connector.parameters())
