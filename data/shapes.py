@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from data.interleaved import write_interleaved_shards
 from data.tokenizer import train_tokenizer
 from data.writers import (
     QA,
@@ -344,6 +345,20 @@ def _preference_rows(split: str, items: Sequence[_Item], world: World, seed: int
             for i, item in enumerate(items) for k, pair in enumerate(preference_pairs(item.scene, world, rng))]
 
 
+DOCUMENT_LEADS = ("", "", "Some pictures of shapes. ", "Here are a few scenes. ")
+
+
+def _documents(items: Sequence[_Item], rng: np.random.Generator):
+    """Consecutive scenes grouped into MMC4-like documents of 2-4 images, each image followed by
+    its caption; sometimes text precedes the first image (masked out of the loss)."""
+    i = 0
+    while i < len(items):
+        n = int(rng.integers(2, 5))
+        group = items[i:i + n]
+        i += n
+        yield [x.png for x in group], [x.caption for x in group], DOCUMENT_LEADS[int(rng.integers(len(DOCUMENT_LEADS)))]
+
+
 def _shard_sample(key: str, item: _Item) -> dict:
     scene_json = json.dumps(item.scene.to_json()).encode()
     return {"__key__": key, "png": item.png, "txt": item.caption.encode(), "json": scene_json}
@@ -369,7 +384,7 @@ def write_shapes(
 
     Layout: images/{train,val}/NNNNNN.png, train.json / val.json (LLaVA), val_qa.jsonl,
     val_captions.jsonl, pope_val.jsonl, zeroshot_val.jsonl (each val object drawn alone),
-    preference_{train,val}.jsonl (DPO pairs), shards/{train,val}-NNNNNN.tar (png/txt/json),
+    preference_{train,val}.jsonl (DPO pairs), shards/interleaved-{train,val}-NNNNNN.tar (Flamingo documents), shards/{train,val}-NNNNNN.tar (png/txt/json),
     tokenizer/, meta.json. POPE popularity and co-occurrence come from the train split,
     the data a model's object priors are learned from.
     """
@@ -403,6 +418,8 @@ def write_shapes(
         write_json(root / f"{split}.json", records[split])
         samples = (_shard_sample(record_id(split, i), item) for i, item in enumerate(items))
         shards[split] = [str(p) for p in write_shards(root / "shards", split, samples, shard_size)]
+        shards[f"interleaved-{split}"] = [str(p) for p in write_interleaved_shards(
+            root / "shards", split, _documents(items, stream_rng(seed, f"documents-{split}")), shard_size)]
 
     val = splits["val"]
     n_qa = write_jsonl(root / "val_qa.jsonl", (r for i, x in enumerate(val) for r in qa_rows("val", i, x.qas[1:])))

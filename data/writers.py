@@ -19,7 +19,7 @@ from webdataset import TarWriter
 
 from data.templates import IMAGE_TOKEN
 
-STREAMS = ("train", "val", "probes", "preferences-train", "preferences-val")  # append only: seeds stay stable
+STREAMS = ("train", "val", "probes", "preferences-train", "preferences-val", "documents-train", "documents-val")  # append only: seeds stay stable
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from data.templates import ChatTemplate
+from models.flamingo import Flamingo
 from models.llava import LLaVA
 from train.answers import accuracy_by_type, format_accuracy
 from train.evaluation.vqa_metric import vqa_accuracy
@@ -20,11 +21,16 @@ from train.loggers import log_sample_table
 from train.schedule import warmup_cosine
 
 Stage = Literal["align", "finetune", "full"]
-# which top-level parts of the model train in each stage (prismatic's freeze_backbones, as data)
+# the model parts a stage may train; a model has a subset (LLaVA: vision, connector, language;
+# Flamingo adds its gated cross-attention blocks and the <image>/<|endofchunk|> embedding rows)
+PARTS = ("vision", "connector", "cross_attention", "special_tokens", "language")
+BRIDGE = ("connector", "cross_attention", "special_tokens")
+# which parts train in each stage (prismatic's freeze_backbones, as data). `align` is LLaVA's
+# projector pretraining and Flamingo's usual stage (resampler + cross-attention, LM frozen).
 TRAINABLE: dict[str, tuple[str, ...]] = {
-    "align": ("connector",),
-    "finetune": ("connector", "language"),
-    "full": ("vision", "connector", "language"),
+    "align": BRIDGE,
+    "finetune": (*BRIDGE, "language"),
+    "full": PARTS,
 }
 
 
@@ -52,13 +58,14 @@ class VLMModule(L.LightningModule):
     """Trains a LLaVA on conversations; validates by generating answers and scoring per type.
 
     Learning rates: `lr` for every trained part unless `lr_vision` / `lr_connector` /
-    `lr_language` override it (LLaVA: align 1e-3 on the projector, finetune 2e-5).
+    `lr_language` override it (LLaVA: align 1e-3 on the projector, finetune 2e-5); `lr_connector`
+    covers the whole bridge (Flamingo: resampler, cross-attention blocks, special-token rows).
     `init_from`: a checkpoint of an earlier stage whose model weights this stage starts from.
     """
 
     def __init__(
         self,
-        model: LLaVA,
+        model: LLaVA | Flamingo,
         stage: Stage = "finetune",
         template: ChatTemplate = ChatTemplate(),
         lr: float = 1e-4,
@@ -77,7 +84,7 @@ class VLMModule(L.LightningModule):
         if stage not in TRAINABLE:
             raise ValueError(f"stage {stage!r} unknown; choose one of {sorted(TRAINABLE)}")
         self.model, self.stage, self.template = model, stage, template
-        self.lrs = {"vision": lr_vision, "connector": lr_connector, "language": lr_language}
+        self.lrs = {"vision": lr_vision, "language": lr_language, **{b: lr_connector for b in BRIDGE}}
         self.lr, self.weight_decay, self.betas = lr, weight_decay, betas
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.max_new_tokens, self.num_logged_samples = max_new_tokens, num_logged_samples
@@ -88,7 +95,7 @@ class VLMModule(L.LightningModule):
         self._fit_start: float | None = None
         if init_from is not None:
             load_model_weights(model, init_from)
-        for name in ("vision", "connector", "language"):
+        for name in self.parts:
             getattr(model, name).requires_grad_(name in TRAINABLE[stage])
 
     # frozen parts stay in eval mode (no dropout, BatchNorm statistics untouched)
@@ -98,7 +105,7 @@ class VLMModule(L.LightningModule):
         return self
 
     def _frozen_parts_to_eval(self) -> None:
-        for name in ("vision", "connector", "language"):
+        for name in self.parts:
             if name not in TRAINABLE[self.stage]:
                 getattr(self.model, name).eval()
 
@@ -108,7 +115,11 @@ class VLMModule(L.LightningModule):
         self._frozen_parts_to_eval()
 
     def parameter_table(self) -> list[tuple[str, int, int]]:
-        return [(name, *count_parameters(getattr(self.model, name))) for name in ("vision", "connector", "language")]
+        return [(name, *count_parameters(getattr(self.model, name))) for name in self.parts]
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(p for p in PARTS if isinstance(getattr(self.model, p, None), nn.Module))
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
@@ -169,7 +180,7 @@ class VLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         groups = []
-        for name in TRAINABLE[self.stage]:
+        for name in (p for p in TRAINABLE[self.stage] if p in self.parts):
             lr = self.lrs[name] if self.lrs[name] is not None else self.lr
             decay, no_decay = [], []
             for p in getattr(self.model, name).parameters():

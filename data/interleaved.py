@@ -1,0 +1,123 @@
+"""Interleaved image-text documents (MMC4-like) and Flamingo-format image-caption pairs.
+
+A document is text chunks with images before some of them, formatted as open_flamingo does:
+`{leading text}<image>{chunk}<|endofchunk|><image>{chunk}<|endofchunk|>...</s>`. Loss is on
+text only: padding, `<image>` tokens and everything before the first image are masked.
+
+Shards: `key.json` = {"texts": [...], "leading": "..."} with images `key.0.png`, `key.1.png`, ...
+(image i precedes texts[i]); plain caption shards (`key.png` + `key.txt`) read as one-image documents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import lightning as L
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from data.collate import Collator
+from data.image_text import expand_shards
+from data.templates import IMAGE_TOKEN
+from data.tokenize import IGNORE_INDEX
+from data.writers import write_shards
+
+log = logging.getLogger(__name__)
+END_OF_CHUNK = "<|endofchunk|>"
+
+
+def flamingo_text(chunks: list[str], leading: str = "") -> str:
+    return leading + "".join(f"{IMAGE_TOKEN}{c}{END_OF_CHUNK}" for c in chunks)
+
+
+def tokenize_interleaved(text: str, tokenizer: PreTrainedTokenizerBase,
+                         max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """BOS + text + EOS; labels mask `<image>` and every token before the first image."""
+    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_id not in ids:
+        raise ValueError("an interleaved document needs at least one <image>")
+    if max_length is not None and len(ids) > max_length:
+        if image_id in ids[max_length:]:
+            raise ValueError(f"max_length {max_length} would cut an <image> token (document has {len(ids)} tokens)")
+        ids = ids[:max_length]
+    first = ids.index(image_id)
+    labels = [IGNORE_INDEX if (i <= first or t == image_id) else t for i, t in enumerate(ids)]
+    return ids, labels
+
+
+def write_interleaved_shards(out_dir: Path, split: str, docs: Iterable[tuple[list[bytes], list[str], str]],
+                             shard_size: int = 500) -> list[Path]:
+    """docs: (png bytes per image, text chunk per image, leading text) -> reproducible shards."""
+    def samples():
+        for n, (pngs, texts, leading) in enumerate(docs):
+            if len(pngs) != len(texts):
+                raise ValueError(f"document {n}: {len(pngs)} images for {len(texts)} text chunks")
+            sample = {"__key__": f"{split}-doc-{n:06d}",
+                      "json": json.dumps({"texts": texts, "leading": leading}).encode()}
+            yield {**sample, **{f"{i}.png": png for i, png in enumerate(pngs)}}
+
+    return write_shards(out_dir, f"interleaved-{split}", samples(), shard_size)
+
+
+def _document(sample: dict) -> tuple[list, list[str], str]:
+    if "json" in sample and "texts" in sample["json"]:
+        doc = sample["json"]
+        images = [sample[f"{i}.png"] for i in range(len(doc["texts"]))]
+        return images, list(doc["texts"]), doc.get("leading", "")
+    return [sample["png"]], [sample["txt"].strip()], ""
+
+
+class InterleavedSamples:
+    """Decoded sample -> {input_ids, labels, pixel_values (n_images, 3, H, W)}; picklable."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, transform: Callable, max_length: int | None) -> None:
+        self.tokenizer, self.transform, self.max_length = tokenizer, transform, max_length
+
+    def __call__(self, sample: dict) -> dict:
+        images, texts, leading = _document(sample)
+        ids, labels = tokenize_interleaved(flamingo_text(texts, leading), self.tokenizer, self.max_length)
+        kept = ids.count(self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+        pixels = torch.stack([self.transform(im.convert("RGB")) for im in images[:kept]])
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": pixels}
+
+
+def _skip(exn: Exception) -> bool:
+    log.warning("skipping an unreadable interleaved sample: %s", exn)
+    return True
+
+
+def interleaved_pipeline(urls: list[str], to_sample: InterleavedSamples, train: bool, shuffle_buffer: int = 200,
+                         seed: int = 0) -> wds.WebDataset:
+    ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, handler=_skip, empty_check=False, seed=seed)
+    if train:
+        ds = ds.shuffle(shuffle_buffer)
+    return ds.decode("pil", handler=_skip).map(to_sample, handler=_skip)
+
+
+class InterleavedDataModule(L.LightningDataModule):
+    """Flamingo pretraining on interleaved documents and/or caption pairs (shard patterns,
+    comma-separated to mix several); tokenizer and transform come from the model."""
+
+    def __init__(self, train_shards: str, batch_size: int = 16, num_workers: int = 1, max_length: int | None = 512,
+                 shuffle_buffer: int = 200) -> None:
+        super().__init__()
+        self.urls = [u for pattern in train_shards.split(",") for u in expand_shards(pattern.strip(), "data.train_shards")]
+        self.batch_size, self.num_workers, self.max_length, self.shuffle_buffer = (
+            batch_size, num_workers, max_length, shuffle_buffer)
+        self.val_qa = None
+
+    def setup(self, stage: str | None = None) -> None:
+        model = self.trainer.lightning_module.model
+        self.to_sample = InterleavedSamples(model.tokenizer, model.vision.transform(train=True), self.max_length)
+        self.pad_id = model.tokenizer.pad_token_id
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(interleaved_pipeline(self.urls, self.to_sample, True, self.shuffle_buffer),
+                          batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=Collator(self.pad_id),
+                          persistent_workers=self.num_workers > 0)
