@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from data.images import load_image
 from data.templates import IMAGE_TOKEN, ChatTemplate
-from data.tokenize import tokenize_conversation, tokenize_prompt
+from data.tokenize import tokenize_conversation, tokenize_prompt, tokenize_segments
 
 
 def read_json_lines(path: str | Path) -> list[dict]:
@@ -121,7 +121,7 @@ class PromptDataset(Dataset):
     """Single-turn generation prompts over records with optional images; `meta` carries the
     record's index (and the fields named in `meta_keys`) so predictions map back to records."""
 
-    def __init__(self, records: list[dict], root: str | Path, prompts: list[str],
+    def __init__(self, records: list[dict], root: str | Path, prompts: list[str | list[dict]],
                  tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, transform: Callable,
                  meta_keys: tuple[str, ...] = ()) -> None:
         if len(prompts) != len(records):
@@ -137,7 +137,11 @@ class PromptDataset(Dataset):
         ok, pixels = load_pixels(rec, self.root, self.transform)
         if not ok:
             return None
-        ids = tokenize_prompt(self.prompts[i], self.tokenizer, self.template, image=pixels is not None)
+        prompt = self.prompts[i]
+        if isinstance(prompt, list):  # a conversation ending with the question (few-shot)
+            ids, _ = tokenize_segments(self.template.segments(prompt, add_generation_prompt=True), self.tokenizer)
+        else:
+            ids = tokenize_prompt(prompt, self.tokenizer, self.template, image=pixels is not None)
         return {"input_ids": torch.tensor(ids), "pixel_values": pixels,
                 "meta": {"index": i, **{k: rec.get(k) for k in self.meta_keys}}}
 

@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="default: per task (vqa 8, pope 4, caption 48)")
     p.add_argument("--stop", action="append", help='stop string (repeatable; default "\\n")')
     p.add_argument("--limit", type=int, help="first N samples of each task")
+    p.add_argument("--shots", type=int, default=0, help="k-shot prompting: demonstrations per query")
+    p.add_argument("--demos", choices=["rices", "random"], default="rices",
+                   help="demonstration choice: RICES (most similar images, most similar last) or random")
+    p.add_argument("--support", help="demonstration pool (task format); default: the evaluated set, leave-one-out")
     return p
 
 
@@ -92,7 +96,8 @@ def eval_main(argv: list[str]) -> dict:
     else:
         module = _load_module(args, config)
         decoding = Decoding(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                            stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size)
+                            stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size,
+                            shots=args.shots, demos=args.demos, support=args.support)
         results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt)
     settings = wandb_settings(config)
     if settings is not None:

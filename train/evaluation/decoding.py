@@ -23,6 +23,10 @@ class Decoding:
     num_beams: int = 1
     stop: list[str] = field(default_factory=lambda: ["\n"])
     batch_size: int = 16
+    shots: int = 0  # k-shot prompting: demonstrations before each query
+    demos: str = "rices"  # "rices" or "random"
+    support: str | None = None  # demonstration pool (same format as the task's data); None: the eval set
+    seed: int = 0
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -36,9 +40,10 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 @torch.no_grad()
-def generate_predictions(module, records: list[dict], root: str | Path, prompts: list[str],
+def generate_predictions(module, records: list[dict], root: str | Path, prompts: list[str | list[dict]],
                          decoding: Decoding, max_new_tokens: int, num_workers: int = 0) -> list[str | None]:
-    """One prediction per record; None where the record's image is missing or unreadable."""
+    """One prediction per record; None where an image is missing or unreadable. A prompt is a
+    question, or (few-shot) a conversation whose last turn is the question."""
     model = module.model
     tok = model.tokenizer
     dataset = PromptDataset(records, root, prompts, tok, module.template, model.vision.transform(train=False))

@@ -17,6 +17,7 @@ from pathlib import Path
 from data.conversation_dataset import read_records
 from train.evaluation.contrastive import CONTRASTIVE_TASKS
 from train.evaluation.decoding import Decoding, generate_predictions
+from train.evaluation.fewshot import fewshot_turns, pooled_image_embeddings, select_demonstrations
 from train.evaluation.tasks import GENERATIVE_TASKS
 
 TASKS = {**GENERATIVE_TASKS, **CONTRASTIVE_TASKS}
@@ -53,8 +54,41 @@ def _run_task(module, task, records: list[dict], root: Path, decoding: Decoding)
         metrics.update({"n": float(n), "skipped": float(len(rows) - n)})
         return metrics, rows
     prompts = [task.prompt(r) for r in records]
-    preds = generate_predictions(module, records, root, prompts, decoding, decoding.max_new_tokens or task.max_new_tokens)
-    return score_records(task, records, preds, prompts)
+    gen_records, gen_prompts, demo_ids = records, prompts, None
+    if decoding.shots > 0:
+        gen_records, gen_prompts, demo_ids = with_demonstrations(module, task, records, root, decoding)
+    preds = generate_predictions(module, gen_records, root, gen_prompts, decoding,
+                                 decoding.max_new_tokens or task.max_new_tokens)
+    metrics, rows = score_records(task, records, preds, prompts)
+    if demo_ids is not None:
+        for row, ids in zip(rows, demo_ids):
+            row["demos"] = ids
+    return metrics, rows
+
+
+def with_demonstrations(module, task, records: list[dict], root: Path, decoding: Decoding):
+    """Few-shot records (demonstration images then the query's, absolute paths) and prompts."""
+    if decoding.support:
+        support, support_root, exclude = load_task_records(task, decoding.support), Path(decoding.support).parent, None
+    else:  # the evaluated set, never showing a query its own image
+        by_image: dict = {}
+        for i, r in enumerate(records):
+            by_image.setdefault(r.get("image"), set()).add(i)
+        support, support_root, exclude = records, root, [by_image[r.get("image")] for r in records]
+    q_emb = s_emb = None
+    if decoding.demos == "rices":
+        q_emb = pooled_image_embeddings(module.model.vision, records, root, decoding.batch_size)
+        s_emb = q_emb if support is records else pooled_image_embeddings(module.model.vision, support, support_root,
+                                                                        decoding.batch_size)
+    picks = select_demonstrations(len(records), len(support), decoding.shots, decoding.demos, q_emb, s_emb,
+                                  exclude, decoding.seed)
+    new_records, prompts = [], []
+    for rec, pick in zip(records, picks):
+        demos = [support[i] for i in pick]
+        images = [str((support_root / d["image"]).resolve()) for d in demos] + [str((root / rec["image"]).resolve())]
+        new_records.append({**rec, "image": images})
+        prompts.append(fewshot_turns([(task.prompt(d), task.references(d)[0]) for d in demos], task.prompt(rec)))
+    return new_records, prompts, [[support[i]["id"] for i in pick] for pick in picks]
 
 
 def load_task_records(task, path: str | Path, limit: int | None = None) -> list[dict]:
