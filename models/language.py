@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+from typing import Literal
 
+import bitsandbytes as bnb
 import torch
+from huggingface_hub import save_torch_state_dict
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from data.templates import IMAGE_TOKEN, PAD_TOKEN
+from models.peft import Bottleneck, LlamaAdapter, LoRA, base_state_dict, load_4bit_pre_hook, merge_lora
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,6 +36,11 @@ class LanguageModel(nn.Module):
     `config` is a transformers config dict with a `model_type` (e.g. "llama"); its vocab size
     and special token ids are filled from the tokenizer. `<image>` is added to the tokenizer if
     missing and the embeddings are resized, so every LM gets the same image placeholder.
+
+    PEFT: `quantization` loads the linear layers (not embeddings, not the head) as bitsandbytes
+    Linear4bit; `adapter` then wraps the LM (nf4 + LoRA = QLoRA) and leaves only its parameters
+    trainable. A config-built LM is quantised through the real loading path: saved to a temp dir
+    and reloaded with a BitsAndBytesConfig.
     """
 
     def __init__(
@@ -40,12 +50,20 @@ class LanguageModel(nn.Module):
         tokenizer: str | None = None,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
+        adapter: LoRA | LlamaAdapter | Bottleneck | None = None,
+        quantization: Literal["nf4", "fp4"] | None = None,
+        double_quant: bool = True,
+        compute_dtype: str = "float32",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if (name_or_path is None) == (config is None):
             raise ValueError("LanguageModel needs exactly one of `name_or_path` or `config`")
-        if dtype not in _DTYPES:
-            raise ValueError(f"LanguageModel dtype {dtype!r} unknown; choose one of {sorted(_DTYPES)}")
+        for key, value in (("dtype", dtype), ("compute_dtype", compute_dtype)):
+            if value not in _DTYPES:
+                raise ValueError(f"LanguageModel {key} {value!r} unknown; choose one of {sorted(_DTYPES)}")
+        if quantization not in (None, "nf4", "fp4"):
+            raise ValueError(f"LanguageModel quantization {quantization!r} unknown; choose 'nf4', 'fp4' or None")
         tok_source = tokenizer or name_or_path
         if tok_source is None:
             raise ValueError("LanguageModel built from `config` needs a `tokenizer` path")
@@ -58,10 +76,15 @@ class LanguageModel(nn.Module):
         if added:
             self.tokenizer.add_special_tokens(added)
         torch_dtype = _DTYPES[dtype]
+        bnb_config = None if quantization is None else BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=_DTYPES[compute_dtype],
+        )
         if name_or_path is not None:
             self.model = _load_offline(
                 AutoModelForCausalLM.from_pretrained, name_or_path, "language model",
                 dtype=torch_dtype, attn_implementation=attn_implementation,
+                **({"quantization_config": bnb_config} if bnb_config else {}),
             )
         else:
             cfg = dict(config)
@@ -76,7 +99,54 @@ class LanguageModel(nn.Module):
             self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        if bnb_config is not None and name_or_path is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.model.save_pretrained(tmp)
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    tmp, dtype=torch_dtype, attn_implementation=attn_implementation, quantization_config=bnb_config)
         self.image_token_id: int = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.adapter = adapter
+        ckpt = {"use_reentrant": False}
+        if any(isinstance(m, bnb.nn.Linear4bit) for m in self.model.modules()):  # asked, or a 4-bit checkpoint
+            from peft import prepare_model_for_kbit_training
+
+            self.model = prepare_model_for_kbit_training(
+                self.model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=ckpt)
+            self.register_load_state_dict_pre_hook(load_4bit_pre_hook)
+            for mod in self.model.modules():
+                # bnb's CPU eval fast path repacks weights in place (bf16 scales, double quant
+                # dropped, fails for in_features < 64): keep one format for train and eval
+                if isinstance(mod, bnb.nn.Linear4bit):
+                    mod.support_avx512bf16_for_cpu = False
+        elif gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
+        if adapter is not None:
+            self.model = adapter.apply(self.model)
+            self.mark_adapter_trainable()
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """What the adapter added (LoRA A/B, prompts and gates, bottleneck weights); [] without one."""
+        return [] if self.adapter is None else self.adapter.adapter_parameters(self.model)
+
+    def mark_adapter_trainable(self) -> None:
+        """Freeze the LM except the adapter (all of it without one); stages call it after `requires_grad_(False)`."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for p in self.adapter_parameters():
+            p.requires_grad_(True)
+
+    def merge_adapter(self) -> None:
+        """Fold LoRA into the weights, in place: afterwards the LM is a plain dense transformers model
+        (a 4-bit base is dequantised to the dense layers' dtype, fp32 after kbit preparation)."""
+        if self.adapter is None:
+            raise ValueError("merge_adapter: this LanguageModel has no adapter")
+        if not isinstance(self.adapter, LoRA):
+            raise ValueError(f"merge_adapter: {type(self.adapter).__name__} adds an extra computation path, "
+                             "not a weight delta, so it cannot be folded into the base weights; "
+                             "save base + adapter instead (save_pretrained(merged=False))")
+        dense_dtype = self.model.get_input_embeddings().weight.dtype
+        self.model = merge_lora(self.model, dense_dtype)
+        self.adapter = None
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Add special tokens (e.g. Flamingo's `<|endofchunk|>`) if missing, resize the
@@ -98,6 +168,35 @@ class LanguageModel(nn.Module):
     def forward(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False).logits
 
-    def save_pretrained(self, out_dir: str | Path) -> None:
-        self.model.save_pretrained(out_dir)
+    def save_pretrained(self, out_dir: str | Path, merged: bool = False) -> None:
+        """A transformers checkpoint in `out_dir`, loadable as `LanguageModel(name_or_path=out_dir)`.
+
+        `merged=True` first merges the adapter in place (LoRA only) and saves the dense model.
+        Otherwise, with an adapter, `out_dir` holds the base (4-bit if quantised) with the original
+        parameter names, and `out_dir/adapter` the adapter: peft's format (adapter_config.json +
+        adapter_model.safetensors, for `PeftModel.from_pretrained`) for LoRA / LLaMA-Adapter, or
+        `bottleneck.safetensors` keyed by module path for Bottleneck.
+        """
+        if merged and self.adapter is not None:
+            self.merge_adapter()
+        out_dir = Path(out_dir)
+        if self.adapter is None:
+            self.model.save_pretrained(out_dir)
+        else:
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            # written directly: transformers' save_pretrained ignores `state_dict` for quantised models
+            base.config.save_pretrained(out_dir)
+            if base.generation_config is not None:
+                base.generation_config.save_pretrained(out_dir)
+            save_torch_state_dict(base_state_dict(base), out_dir)
+            if isinstance(self.adapter, Bottleneck):
+                from safetensors.torch import save_file
+
+                ids = {id(p) for p in self.adapter_parameters()}
+                (out_dir / "adapter").mkdir(parents=True, exist_ok=True)
+                save_file({n: p.detach().contiguous() for n, p in base.named_parameters() if id(p) in ids},
+                          out_dir / "adapter" / "bottleneck.safetensors")
+            else:
+                self.model.save_pretrained(out_dir / "adapter")
         self.tokenizer.save_pretrained(out_dir)
+
