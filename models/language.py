@@ -30,6 +30,25 @@ def _load_offline(loader, name: str, what: str, **kwargs):
         raise FileNotFoundError(f"could not load {what} from {name!r} as a {where}: {err}") from err
 
 
+CHECKPOINT_PREFIX = "model.language.model."
+
+
+def _load_dense_weights(model: nn.Module, ckpt_path: str) -> None:
+    """The dense LM weights of a `chimera fit` checkpoint, loaded before quantisation and adapters,
+    so a LoRA/QLoRA stage starts from an earlier stage's language model."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LanguageModel weights_from checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    weights = {k[len(CHECKPOINT_PREFIX):]: v for k, v in state.items() if k.startswith(CHECKPOINT_PREFIX)}
+    if not weights:
+        raise ValueError(f"{path} has no `{CHECKPOINT_PREFIX}*` weights (a dense LM checkpoint of `chimera fit`)")
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"weights_from {path}: the weights do not fit this language model: {err}") from err
+
+
 class LanguageModel(nn.Module):
     """A causal LM from a hub id / local dir (`name_or_path`) or built from `config` (random init).
 
@@ -40,7 +59,8 @@ class LanguageModel(nn.Module):
     PEFT: `quantization` loads the linear layers (not embeddings, not the head) as bitsandbytes
     Linear4bit; `adapter` then wraps the LM (nf4 + LoRA = QLoRA) and leaves only its parameters
     trainable. A config-built LM is quantised through the real loading path: saved to a temp dir
-    and reloaded with a BitsAndBytesConfig.
+    and reloaded with a BitsAndBytesConfig. `weights_from` starts the dense LM from a `chimera fit`
+    checkpoint first (LoRA/QLoRA on an earlier stage's model).
     """
 
     def __init__(
@@ -55,6 +75,7 @@ class LanguageModel(nn.Module):
         double_quant: bool = True,
         compute_dtype: str = "float32",
         gradient_checkpointing: bool = False,
+        weights_from: str | None = None,
     ) -> None:
         super().__init__()
         if (name_or_path is None) == (config is None):
@@ -99,13 +120,15 @@ class LanguageModel(nn.Module):
             self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        if weights_from is not None:
+            _load_dense_weights(self.model, weights_from)
         if bnb_config is not None and name_or_path is None:
             with tempfile.TemporaryDirectory() as tmp:
                 self.model.save_pretrained(tmp)
                 self.model = AutoModelForCausalLM.from_pretrained(
                     tmp, dtype=torch_dtype, attn_implementation=attn_implementation, quantization_config=bnb_config)
         self.image_token_id: int = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.adapter = adapter
+        self.adapter, self.quantization = adapter, quantization
         ckpt = {"use_reentrant": False}
         if any(isinstance(m, bnb.nn.Linear4bit) for m in self.model.modules()):  # asked, or a 4-bit checkpoint
             from peft import prepare_model_for_kbit_training
@@ -146,7 +169,7 @@ class LanguageModel(nn.Module):
                              "save base + adapter instead (save_pretrained(merged=False))")
         dense_dtype = self.model.get_input_embeddings().weight.dtype
         self.model = merge_lora(self.model, dense_dtype)
-        self.adapter = None
+        self.adapter, self.quantization = None, None
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Add special tokens (e.g. Flamingo's `<|endofchunk|>`) if missing, resize the

@@ -14,6 +14,7 @@ commands:
   data       write a synthetic world            (chimera data sort-of-clevr|shapes --out DIR ...)
              or convert an official eval set    (chimera data vqav2|coco-captions|pope ... --out FILE)
   generate   answer a prompt about an image     (chimera generate --ckpt CKPT --image IMG --prompt TEXT)
+  merge      fold LoRA into dense weights       (chimera merge --ckpt CKPT --out DIR)
   eval       score a checkpoint on tasks        (chimera eval --config X.yaml --ckpt CKPT --tasks vqa --out DIR)
 """
 
@@ -103,6 +104,14 @@ def main(argv: list[str] | None = None) -> None:
         data_main(rest)
     elif command == "generate":
         generate_main(rest)
+    elif command == "merge":
+        parser = argparse.ArgumentParser(prog="chimera merge", description="Fold a LoRA/QLoRA adapter into dense weights.")
+        parser.add_argument("--ckpt", required=True)
+        parser.add_argument("--out", required=True)
+        args = parser.parse_args(rest)
+        from train.merge import merge_checkpoint
+
+        print(f"wrote {merge_checkpoint(args.ckpt, args.out)}")
     elif command == "eval":
         from train.evaluation.command import eval_main
 

@@ -15,6 +15,7 @@ from torch import nn
 from data.templates import ChatTemplate
 from models.flamingo import Flamingo
 from models.llava import LLaVA
+from models.peft import OptimizerName, build_optimizer
 from train.answers import accuracy_by_type, format_accuracy
 from train.evaluation.vqa_metric import vqa_accuracy
 from train.loggers import log_sample_table
@@ -40,7 +41,12 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 
 def load_model_weights(model: nn.Module, ckpt_path: str) -> None:
-    """Start a stage from an earlier stage's checkpoint (its `model.*` weights, strictly)."""
+    """Start a stage from an earlier stage's checkpoint (its `model.*` weights, strictly).
+
+    An adapted or 4-bit LM has different parameters from the dense one saved: it takes its
+    weights through `LanguageModel(weights_from=...)` (before quantisation and adapters), and
+    only the other parts are loaded here.
+    """
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"init_from checkpoint not found: {path}")
@@ -48,8 +54,16 @@ def load_model_weights(model: nn.Module, ckpt_path: str) -> None:
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
         raise ValueError(f"{path} holds no `model.*` weights: not a checkpoint of `chimera fit`")
+    language = model.language
+    adapted = getattr(language, "adapter", None) is not None or getattr(language, "quantization", None)
     try:
-        model.load_state_dict(weights, strict=True)
+        if adapted:
+            for name, part in model.named_children():
+                if name != "language":
+                    prefix = name + "."
+                    part.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+        else:
+            model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise ValueError(f"init_from {path}: its weights do not fit this model's architecture: {err}") from err
 
@@ -61,6 +75,8 @@ class VLMModule(L.LightningModule):
     `lr_language` override it (LLaVA: align 1e-3 on the projector, finetune 2e-5); `lr_connector`
     covers the whole bridge (Flamingo: resampler, cross-attention blocks, special-token rows).
     `init_from`: a checkpoint of an earlier stage whose model weights this stage starts from.
+    `optimizer`: adamw, or bitsandbytes' adamw_8bit / paged_adamw / paged_adamw_8bit (QLoRA).
+    An LM built with an `adapter` trains only the adapter where the stage trains the LM.
     """
 
     def __init__(
@@ -79,13 +95,14 @@ class VLMModule(L.LightningModule):
         max_new_tokens: int = 8,
         num_logged_samples: int = 16,
         init_from: str | None = None,
+        optimizer: OptimizerName = "adamw",
     ) -> None:
         super().__init__()
         if stage not in TRAINABLE:
             raise ValueError(f"stage {stage!r} unknown; choose one of {sorted(TRAINABLE)}")
         self.model, self.stage, self.template = model, stage, template
         self.lrs = {"vision": lr_vision, "language": lr_language, **{b: lr_connector for b in BRIDGE}}
-        self.lr, self.weight_decay, self.betas = lr, weight_decay, betas
+        self.lr, self.weight_decay, self.betas, self.optimizer_name = lr, weight_decay, betas, optimizer
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.max_new_tokens, self.num_logged_samples = max_new_tokens, num_logged_samples
         self.type_groups: dict[str, list[str]] = {}
@@ -95,8 +112,17 @@ class VLMModule(L.LightningModule):
         self._fit_start: float | None = None
         if init_from is not None:
             load_model_weights(model, init_from)
+        adapted = getattr(model.language, "adapter", None) is not None or getattr(model.language, "quantization", None)
         for name in self.parts:
-            getattr(model, name).requires_grad_(name in TRAINABLE[stage])
+            if name == "language" and adapted:
+                # an adapted LM trains its adapter only (LoRA, QLoRA, LLaMA-Adapter, bottleneck),
+                # a 4-bit one nothing else; a stage that freezes the LM freezes the adapter too
+                model.language.mark_adapter_trainable()
+                if "language" not in TRAINABLE[stage]:
+                    for p in model.language.adapter_parameters():
+                        p.requires_grad_(False)
+            else:
+                getattr(model, name).requires_grad_(name in TRAINABLE[stage])
 
     # frozen parts stay in eval mode (no dropout, BatchNorm statistics untouched)
     def train(self, mode: bool = True):
@@ -191,7 +217,7 @@ class VLMModule(L.LightningModule):
                 {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"},
             ]
         groups = [g for g in groups if g["params"]]
-        opt = torch.optim.AdamW(groups, betas=self.betas)
+        opt = build_optimizer(self.optimizer_name, groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.warmup_ratio * total)
         sched = torch.optim.lr_scheduler.LambdaLR(
