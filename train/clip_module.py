@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from models.clip import ContrastiveDualEncoder
 from train.evaluation.retrieval_metric import recall_at_k
 from train.schedule import warmup_cosine
+from train.guards import check_finite_loss
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
 
@@ -44,7 +45,7 @@ class CLIPModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         img, txt, scale = self.model(batch["pixel_values"], batch["input_ids"])
-        loss = self.loss_fn(img, txt, scale)
+        loss = check_finite_loss(self.loss_fn(img, txt, scale), self.global_step, batch_idx)
         n = img.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/logit_scale", scale, batch_size=n)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from train.module import VLMModule
+from train.guards import check_finite_loss
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -47,6 +48,7 @@ class DPOModule(VLMModule):
             ref = self.reference.sequence_logprobs(*args)
         b = batch["num_pairs"]
         loss, chosen, rejected = dpo_loss(policy[:b], policy[b:], ref[:b], ref[b:], self.beta)
+        check_finite_loss(loss, self.global_step, batch_idx)
         log = {"train/loss": loss, "train/reward_chosen": chosen.mean(), "train/reward_rejected": rejected.mean(),
                "train/reward_margin": (chosen - rejected).mean(),
                "train/reward_accuracy": (chosen > rejected).float().mean()}

@@ -23,6 +23,7 @@ from data.templates import IMAGE_TOKEN, ChatTemplate, Segment
 from data.tokenize import tokenize_segments
 from models.language import LanguageModel
 from train.schedule import warmup_cosine
+from train.guards import check_finite_loss
 
 
 def world_text(record: dict, template: ChatTemplate) -> str:
@@ -101,6 +102,7 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         loss, _ = self._loss(batch)
+        check_finite_loss(loss, self.global_step, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

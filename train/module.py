@@ -20,6 +20,7 @@ from train.answers import accuracy_by_type, format_accuracy
 from train.evaluation.vqa_metric import vqa_accuracy
 from train.loggers import log_sample_table
 from train.schedule import warmup_cosine
+from train.guards import check_finite_loss
 
 Stage = Literal["align", "finetune", "full"]
 # the model parts a stage may train; a model has a subset (LLaVA: vision, connector, language;
@@ -163,6 +164,7 @@ class VLMModule(L.LightningModule):
         if "input_ids" not in batch:
             return None  # the whole batch was unreadable
         _, loss = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        check_finite_loss(loss, self.global_step, batch_idx)
         n = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=n)
         return loss
