@@ -14,6 +14,7 @@ commands:
   data       write a synthetic world            (chimera data sort-of-clevr|shapes --out DIR ...)
              or convert an official eval set    (chimera data vqav2|coco-captions|pope ... --out FILE)
   generate   answer a prompt about an image     (chimera generate --ckpt CKPT --image IMG --prompt TEXT)
+  pipeline   run staged experiments             (chimera pipeline run configs/pipelines/demo.yaml)
   merge      fold LoRA into dense weights       (chimera merge --ckpt CKPT --out DIR)
   eval       score a checkpoint on tasks        (chimera eval --config X.yaml --ckpt CKPT --tasks vqa --out DIR)
 """
@@ -104,6 +105,15 @@ def main(argv: list[str] | None = None) -> None:
         data_main(rest)
     elif command == "generate":
         generate_main(rest)
+    elif command == "pipeline":
+        parser = argparse.ArgumentParser(prog="chimera pipeline", description="Run a staged pipeline.")
+        parser.add_argument("action", choices=["run"])
+        parser.add_argument("file", help="pipeline YAML, e.g. configs/pipelines/demo.yaml")
+        parser.add_argument("--only", help="comma-separated stage names to run (others are left as they are)")
+        args = parser.parse_args(rest)
+        from train.pipeline import Pipeline
+
+        Pipeline(args.file).run(args.only.split(",") if args.only else None)
     elif command == "merge":
         parser = argparse.ArgumentParser(prog="chimera merge", description="Fold a LoRA/QLoRA adapter into dense weights.")
         parser.add_argument("--ckpt", required=True)

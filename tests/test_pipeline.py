@@ -1,0 +1,92 @@
+"""Pipelines: stages run in order into their own folders, finished stages are skipped, an
+interrupted fit resumes from its last checkpoint, a failing stage keeps earlier outputs, and
+the report has one row per variant."""
+
+import json
+
+import pytest
+import yaml
+
+from tests.tiny import experiment_config
+from train.pipeline import Pipeline, set_dotted
+
+
+def _pipeline(tmp_path, steps=4, bad_stage=False):
+    exp = experiment_config(tmp_path / "unused", tmp_path / "unused", max_steps=steps)
+    exp_path = tmp_path / "exp.yaml"
+    exp_path.write_text(yaml.safe_dump(exp))
+    fit_set = {"model.init_args.model.init_args.language.init_args.tokenizer": "{data}/tokenizer",
+               "data.init_args.train_json": "{data}/train.json", "data.init_args.val_qa": "{data}/val_qa.jsonl"}
+    stages = [
+        {"name": "data", "data": {"world": "sort-of-clevr", "train_images": 24, "val_images": 4,
+                                  "questions_per_image": 2}},
+        {"name": "sft", "fit": str(exp_path), "set": fit_set, "checkpoint_every": 2},
+        {"name": "eval_sft", "eval": {"ckpt": "{sft}/checkpoints/last.ckpt", "data": {"vqa": "{data}/val_qa.jsonl"},
+                                      "decoding": {"batch_size": 4}}},
+        {"name": "report", "report": {"title": "tiny", "variants": [{"name": "llava", "fit": "sft",
+                                                                       "eval": "eval_sft"}]}},
+    ]
+    if bad_stage:
+        stages.insert(2, {"name": "broken", "fit": str(tmp_path / "missing.yaml")})
+    spec = {"out": str(tmp_path / "out"), "stages": stages}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_pipeline_runs_skips_and_reports(tmp_path):
+    logs = []
+    path = _pipeline(tmp_path)
+    Pipeline(path, log=logs.append).run()
+    out = tmp_path / "out"
+    for stage in ("data", "sft", "eval_sft", "report"):
+        assert (out / stage / "complete.json").is_file(), stage
+    assert (out / "sft" / "checkpoints" / "last.ckpt").is_file()
+    results = json.loads((out / "eval_sft" / "results.json").read_text())
+    assert results["vqa"]["n"] == 16  # 4 val images x 2 x 2 questions
+    report = (out / "report" / "report.md").read_text()
+    assert "| llava | LLaVA / MLPConnector (full) |" in report and "loss_curves.png" in report
+    assert (out / "report" / "loss_curves.png").is_file()
+    assert any("VQA acc" in line and "trainable params" in line for line in "\n".join(logs).splitlines())
+    # a second run skips everything
+    logs.clear()
+    Pipeline(path, log=logs.append).run()
+    assert [line for line in logs if "skipped" in line] == [f"[pipeline] {s}: complete, skipped"
+                                                           for s in ("data", "sft", "eval_sft", "report")]
+
+
+def test_interrupted_fit_resumes_from_last_checkpoint(tmp_path):
+    path = _pipeline(tmp_path, steps=4)
+    Pipeline(path, log=lambda m: None).run(only=["data", "sft"])
+    out = tmp_path / "out"
+    # pretend the fit was cut off after its checkpoint at step 2..4: drop the completion marker
+    (out / "sft" / "complete.json").unlink()
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"][1]["set"]["trainer.max_steps"] = 6  # and let it run further
+    path.write_text(yaml.safe_dump(spec))
+    logs = []
+    Pipeline(path, log=logs.append).run(only=["sft"])
+    assert any("resuming from" in line for line in logs)
+    import torch
+
+    assert torch.load(out / "sft" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+
+
+def test_failing_stage_keeps_earlier_outputs(tmp_path):
+    path = _pipeline(tmp_path, bad_stage=True)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        Pipeline(path, log=lambda m: None).run()
+    out = tmp_path / "out"
+    assert (out / "data" / "complete.json").is_file() and (out / "sft" / "complete.json").is_file()
+    assert not (out / "broken" / "complete.json").exists()
+
+
+def test_set_dotted_and_bad_specs(tmp_path):
+    cfg = {"trainer": {"callbacks": [{"init_args": {}}]}}
+    set_dotted(cfg, "trainer.callbacks.0.init_args.dirpath", "x")
+    set_dotted(cfg, "model.init_args.lr", 0.1)
+    assert cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "x" and cfg["model"]["init_args"]["lr"] == 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"stages": [{"name": "a", "fit": "x", "eval": {}}]}))
+    with pytest.raises(ValueError, match="exactly one of"):
+        Pipeline(bad)

@@ -1,0 +1,184 @@
+"""`chimera pipeline run PIPELINE.yaml`: stages in order, each an experiment config (or a data or
+eval step) plus overrides that point at earlier stages' outputs.
+
+Every stage writes into `<out>/<stage name>/`. A stage that finished writes `complete.json`
+(with a hash of its resolved spec) and is skipped on the next run; a fit stage that was
+interrupted resumes from `<stage>/checkpoints/last.ckpt`. A failing stage leaves earlier
+stages' outputs untouched, so rerunning picks up where it stopped.
+
+Pipeline YAML:
+    out: runs/demo
+    stages:
+      - {name: data, data: {world: shapes, train_images: 2000, val_images: 200}}
+      - {name: clip, fit: configs/experiments/clip_shapes_tiny.yaml,
+         set: {trainer.max_steps: 300, model.init_args.export_path: "{clip}/open_clip.pt"}}
+      - {name: eval_sft, eval: {ckpt: "{sft}/checkpoints/last.ckpt", tasks: [vqa], data: {vqa: ...}}}
+      - {name: report, report: {variants: [sft, ...]}}
+`{stage}` in any string is replaced by that stage's directory; `{out}` by the pipeline's.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import yaml
+
+STAGE_KINDS = ("data", "fit", "eval", "report")
+
+
+def load_pipeline(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pipeline file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    stages = spec.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ValueError(f"{path}: needs a non-empty `stages` list")
+    names = []
+    for n, st in enumerate(stages):
+        kinds = [k for k in STAGE_KINDS if k in st]
+        if "name" not in st or len(kinds) != 1:
+            raise ValueError(f"{path}: stage {n} needs a `name` and exactly one of {STAGE_KINDS}, got {sorted(st)}")
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", st["name"]) or st["name"] in names:
+            raise ValueError(f"{path}: stage name {st['name']!r} must be unique and use letters, digits, _ or -")
+        names.append(st["name"])
+    spec.setdefault("out", f"runs/{path.stem}")
+    return spec
+
+
+def _substitute(value, dirs: dict[str, str]):
+    if isinstance(value, str):
+        return re.sub(r"\{([A-Za-z0-9_\-]+)\}", lambda m: dirs.get(m.group(1), m.group(0)), value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, dirs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, dirs) for v in value]
+    return value
+
+
+def set_dotted(config: dict, key: str, value) -> None:
+    """`a.b.0.c` -> config["a"]["b"][0]["c"] = value (list indices allowed; missing dicts made)."""
+    node = config
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = [] if nxt.isdigit() else {}
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def resolved_fit_config(stage: dict, stage_dir: Path) -> dict:
+    """The experiment config with the stage's overrides, logging into the stage directory and
+    checkpointing `last.ckpt` there (so the pipeline can resume and later stages can find it)."""
+    path = Path(stage["fit"])
+    if not path.is_file():
+        raise FileNotFoundError(f"stage {stage['name']!r}: experiment config not found: {path}")
+    cfg = yaml.safe_load(path.read_text())
+    for key, value in (stage.get("set") or {}).items():
+        set_dotted(cfg, key, value)
+    trainer = cfg.setdefault("trainer", {})
+    logger = trainer.get("logger") or {"class_path": "lightning.pytorch.loggers.CSVLogger"}
+    if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("CSVLogger"):
+        logger["init_args"] = {**(logger.get("init_args") or {}), "save_dir": str(stage_dir), "name": "logs",
+                               "version": 0}
+    trainer["logger"] = logger
+    callbacks = [c for c in trainer.get("callbacks") or []
+                 if not str(c.get("class_path", "")).endswith("ModelCheckpoint")]
+    callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                      "init_args": {"dirpath": str(stage_dir / "checkpoints"), "save_last": True,
+                                    "every_n_train_steps": int(stage.get("checkpoint_every", 100))}})
+    trainer["callbacks"] = callbacks
+    return cfg
+
+
+def _spec_hash(stage: dict) -> str:
+    return hashlib.sha256(json.dumps(stage, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    def __init__(self, path: str | Path, log=print) -> None:
+        self.spec = load_pipeline(path)
+        self.out = Path(self.spec["out"])
+        self.dirs = {"out": str(self.out), **{s["name"]: str(self.out / s["name"]) for s in self.spec["stages"]}}
+        self.log = log
+
+    def stage_dir(self, name: str) -> Path:
+        return Path(self.dirs[name])
+
+    def is_complete(self, stage: dict) -> bool:
+        marker = self.stage_dir(stage["name"]) / "complete.json"
+        return marker.is_file() and json.loads(marker.read_text()).get("spec_hash") == _spec_hash(stage)
+
+    def run(self, only: list[str] | None = None) -> None:
+        for raw in self.spec["stages"]:
+            stage = _substitute(copy.deepcopy(raw), self.dirs)
+            name = stage["name"]
+            if only and name not in only:
+                continue
+            if self.is_complete(stage):
+                self.log(f"[pipeline] {name}: complete, skipped")
+                continue
+            stage_dir = self.stage_dir(name)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            self.log(f"[pipeline] {name}: running")
+            start = time.perf_counter()
+            kind = next(k for k in STAGE_KINDS if k in stage)
+            getattr(self, f"_run_{kind}")(stage, stage_dir)
+            seconds = time.perf_counter() - start
+            (stage_dir / "complete.json").write_text(json.dumps(
+                {"spec_hash": _spec_hash(stage), "seconds": seconds, "kind": kind}, indent=2) + "\n")
+            self.log(f"[pipeline] {name}: done in {seconds / 60:.1f} min")
+
+    # -- stage kinds -------------------------------------------------------------------
+
+    def _run_data(self, stage: dict, stage_dir: Path) -> None:
+        args = dict(stage["data"])
+        world = args.pop("world", "shapes")
+        if world == "shapes":
+            from data.shapes import write_shapes as write
+        elif world == "sort-of-clevr":
+            from data.sort_of_clevr import write_sort_of_clevr as write
+        else:
+            raise ValueError(f"stage {stage['name']!r}: unknown world {world!r} (shapes, sort-of-clevr)")
+        write(stage_dir, **args)
+
+    def _run_fit(self, stage: dict, stage_dir: Path) -> None:
+        from train.cli import main
+
+        cfg = resolved_fit_config(stage, stage_dir)
+        path = stage_dir / "stage.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        last = stage_dir / "checkpoints" / "last.ckpt"
+        args = ["fit", "--config", str(path)]
+        if last.is_file():
+            self.log(f"[pipeline] {stage['name']}: resuming from {last}")
+            args += ["--ckpt_path", str(last)]
+        main(args)
+
+    def _run_eval(self, stage: dict, stage_dir: Path) -> None:
+        from train.checkpoint import load_module
+        from train.evaluation.decoding import Decoding
+        from train.evaluation.runner import evaluate_model
+
+        spec = stage["eval"]
+        decoding = Decoding(**(spec.get("decoding") or {}))
+        module = load_module(spec["ckpt"])
+        evaluate_model(module, spec["data"], stage_dir, decoding, spec.get("limit"), spec["ckpt"])
+
+    def _run_report(self, stage: dict, stage_dir: Path) -> None:
+        from train.report import write_report
+
+        self.log(write_report(self, stage["report"], stage_dir))
