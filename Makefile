@@ -4,11 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-16)
-DEMO_DATA := runs/data/sort-of-clevr
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo sort-of-clevr test test-slow clean
 
 install: $(STAMP)
 
@@ -18,10 +17,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-$(DEMO_DATA)/meta.json: | $(STAMP)
-	$(BIN)/chimera data sort-of-clevr --out $(DEMO_DATA) --train-images 9800 --val-images 200 --seed 0
+# the staged demo pipeline (data -> clip -> lm -> LLaVA -> Flamingo -> LoRA -> eval -> report);
+# rerunning skips finished stages and resumes an interrupted one
+demo: $(STAMP)
+	WANDB_MODE=offline $(BIN)/chimera pipeline run configs/pipelines/demo.yaml
 
-demo: $(STAMP) $(DEMO_DATA)/meta.json
+# the Sort-of-CLEVR benchmark (issue 2's tiny LLaVA from scratch; about 35 minutes)
+sort-of-clevr: $(STAMP)
+	$(BIN)/chimera data sort-of-clevr --out runs/data/sort-of-clevr --train-images 9800 --val-images 200 --seed 0
 	$(BIN)/chimera fit --config configs/experiments/llava_sort_of_clevr_tiny.yaml
 
 test: $(STAMP)
