@@ -164,3 +164,25 @@ def test_zeroshot_accuracy():
     img = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.1]])
     cls = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert zeroshot_accuracy(img, cls, [0, 1, 0]) == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------- Shapes captions
+
+
+def test_scene_caption_parse_and_attribute_accuracy():
+    from train.evaluation.scene_caption import parse_scene_caption, scene_caption_metrics
+
+    ref = "A small red circle at the top left, a large blue square at the center and a small green triangle at the bottom right."
+    assert parse_scene_caption(ref) == {"top left": ("small", "red", "circle"), "center": ("large", "blue", "square"),
+                                        "bottom right": ("small", "green", "triangle")}
+    # right colour/shape at top left but wrong size; wrong colour at the center; bottom right missing
+    pred = "A large red circle at the top left and a large green square at the center."
+    m = scene_caption_metrics([pred, ref], [ref, ref])
+    assert m["exact_match"] == 0.5
+    # 6 reference objects; the exact copy gets all 3 right, the other: positions 2/3, size 1, colour 1, shape 2
+    assert m["position_accuracy"] == pytest.approx(5 / 6)
+    assert m["size_accuracy"] == pytest.approx(4 / 6)
+    assert m["color_accuracy"] == pytest.approx(4 / 6)
+    assert m["shape_accuracy"] == pytest.approx(5 / 6)
+    assert m["object_count_accuracy"] == 0.5
+    assert scene_caption_metrics(["a dog"], ["two dogs on a sofa"]) is None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from train.evaluation.caption_metrics import bleu, cider_d
 from train.evaluation.pope_metric import parse_yes_no, pope_metrics
+from train.evaluation.scene_caption import scene_caption_metrics
 from train.evaluation.vqa_metric import vqa_accuracy
 
 # groups reported when the data has these types (Sort-of-CLEVR's two families)
@@ -96,7 +97,9 @@ class CaptionTask:
         cider, per_image = cider_d(preds, refs)
         for r, s in zip(records, per_image):
             r["score"] = s
-        return {"cider_d": cider, "bleu_4": bleu(preds, refs, 4), "bleu_1": bleu(preds, refs, 1)}
+        out = {"cider_d": cider, "bleu_4": bleu(preds, refs, 4), "bleu_1": bleu(preds, refs, 1)}
+        scene = scene_caption_metrics(preds, [r[0] for r in refs])  # Shapes-world captions only
+        return {**out, **(scene or {})}
 
     def score_sample(self, prediction: str, rec: dict) -> float | None:
         return None  # CIDEr-D needs the whole set's document frequencies: filled in by aggregate
