@@ -71,7 +71,7 @@ def variant_rows(pipeline, variants: list[dict]) -> tuple[list[str], list[list[s
                 vqa_types.append(k[9:])
         infos.append(info)
     header = ["variant", "model", "trainable params", "train min", "VQA acc"] + [f"VQA {t}" for t in vqa_types] \
-        + ["CIDEr-D", "POPE F1"]
+        + ["CIDEr-D", "caption exact", "caption colour acc", "POPE F1"]
     rows = []
     for info in infos:
         res = info["results"]
@@ -80,7 +80,8 @@ def variant_rows(pipeline, variants: list[dict]) -> tuple[list[str], list[list[s
                      f"{info['trainable']:,}" if info["trainable"] is not None else "-",
                      _fmt(info["seconds"] / 60 if info["seconds"] else None, 1), _fmt(vqa.get("accuracy"))]
                     + [_fmt(vqa.get(f"accuracy_{t}")) for t in vqa_types]
-                    + [_fmt(cap.get("cider_d")), _fmt(pope.get("f1"))])
+                    + [_fmt(cap.get("cider_d")), _fmt(cap.get("exact_match")), _fmt(cap.get("color_accuracy")),
+                       _fmt(pope.get("f1"))])
     return header, rows, infos
 
 
