@@ -98,19 +98,22 @@ class ConversationDataset(Dataset):
         if max_turns is not None and max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.max_turns = max_turns
-        self.rng = random.Random(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        """`key`: an index, or `(index, epoch)` from `ResumableSampler`; the turns sampled for a
+        visit depend only on (seed, index, epoch), so they replay exactly after a resume."""
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         rec = self.records[i]
         ok, pixels = load_pixels(rec, self.root, self.transform)
         if not ok:
             return None
         turns = rec["conversations"]
         if self.max_turns is not None:
-            turns = sample_turns(turns, self.max_turns, self.rng)
+            turns = sample_turns(turns, self.max_turns, random.Random(f"{self.seed}-{i}-{epoch}"))
         if pixels is not None and not any(IMAGE_TOKEN in t["value"] for t in turns):
             turns = [{**turns[0], "value": IMAGE_TOKEN + "\n" + turns[0]["value"]}] + turns[1:]
         ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length)

@@ -39,7 +39,8 @@ class PreferenceDataset(Dataset):
         ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length)
         return torch.tensor(ids), torch.tensor(labels)
 
-    def __getitem__(self, i: int) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        i = key[0] if isinstance(key, tuple) else key  # (index, epoch) from ResumableSampler
         rec = self.records[i]
         ok, pixels = load_pixels(rec, self.root, self.transform)
         if not ok:

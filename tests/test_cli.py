@@ -133,9 +133,12 @@ def test_shipped_experiment_configs_validate(capsys):
         with pytest.raises(SystemExit) as exc:
             main(["fit", "--config", str(path), "--print_config"])
         assert exc.value.code in (0, None), path
-        printed = yaml.safe_load(capsys.readouterr().out)
+        out = capsys.readouterr().out
+        printed = yaml.safe_load(out)
+        assert isinstance(printed, dict) and "model" in printed, (path, out[:500])
         assert printed["model"]["class_path"] == yaml.safe_load(path.read_text())["model"]["class_path"]
-        assert printed["model"]["init_args"]["model"]["class_path"]  # the composed model resolved
+        inner = printed["model"]["init_args"].get("model") or printed["model"]["init_args"]["language"]
+        assert inner["class_path"]  # the composed model (or the LM of the `lm` stage) resolved
 
 
 def test_frozen_vision_statistics_do_not_move_during_fit(world, tmp_path):

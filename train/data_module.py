@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from data.collate import Collator
 from data.conversation_dataset import ConversationDataset, QADataset
 from data.preference_dataset import PreferenceCollator, PreferenceDataset
+from data.sampling import ResumableSampler
 
 
 class ConversationDataModule(L.LightningDataModule):
@@ -25,6 +26,7 @@ class ConversationDataModule(L.LightningDataModule):
         max_turns: int | None = None,
         max_val_samples: int | None = None,
         type_groups: dict[str, list[str]] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         for name, path in (("train_json", train_json), ("val_qa", val_qa)):
@@ -36,6 +38,8 @@ class ConversationDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.max_length, self.max_val_samples, self.max_turns = max_length, max_val_samples, max_turns
         self.type_groups = type_groups or {}
+        self.seed = seed
+        self._resume: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         module = self.trainer.lightning_module
@@ -60,7 +64,24 @@ class ConversationDataModule(L.LightningDataModule):
                           collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True, collate=self.train_collator())
+        self.sampler = ResumableSampler(len(self.train_set), seed=self.seed)
+        if self._resume is not None:
+            self.sampler.resume_at(**self._resume)
+            self._resume = None
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self.sampler,
+                          num_workers=self.num_workers, collate_fn=self.train_collator(),
+                          persistent_workers=self.num_workers > 0)
+
+    # checkpointed with the run: where in which epoch the sampler is, counted in samples consumed
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or getattr(self, "sampler", None) is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "consumed": done * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) if state else None
 
     def val_dataloader(self):
         if self.val_set is None:
