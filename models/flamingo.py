@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from models.connectors import Connector
 from models.language import LanguageModel
 from models.resampler import PerceiverResampler, feed_forward, merge_heads, split_heads
-from models.vision import VisionEncoder
+from models.vision import VisionEncoder, encode_without_frozen_graph
 
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
 
@@ -204,12 +204,7 @@ class Flamingo(nn.Module):
 
     def encode_images(self, pixel_values: Tensor) -> Tensor:
         """(I, 3, H, W) -> (I, M, Dv); no graph through a frozen tower."""
-        if any(p.requires_grad for p in self.vision.parameters()):
-            feats = self.vision(pixel_values)
-        else:
-            with torch.no_grad():
-                feats = self.vision(pixel_values)
-        return self.connector(feats)
+        return self.connector(encode_without_frozen_graph(self.vision, pixel_values))
 
     def media_per_row(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, Tensor]:
         """Images (in `<image>` order, row 0 first) -> zero-padded (B, T, M, Dv) and per-row counts (B,)."""

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from models.connectors import Connector, MLPConnector
 from models.language import LanguageModel
 from models.splice import Spliced, splice_image_features
-from models.vision import VisionEncoder
+from models.vision import VisionEncoder, encode_without_frozen_graph
 
 
 def summed_label_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
@@ -46,12 +46,7 @@ class LLaVA(nn.Module):
 
     def encode_images(self, pixel_values: Tensor) -> Tensor:
         """(I, 3, H, W) -> (I, M, D) LM-space image embeddings; no graph through a frozen tower."""
-        if any(p.requires_grad for p in self.vision.parameters()):
-            feats = self.vision(pixel_values)
-        else:
-            with torch.no_grad():
-                feats = self.vision(pixel_values)
-        return self.connector(feats)
+        return self.connector(encode_without_frozen_graph(self.vision, pixel_values))
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None,
               labels: Tensor | None = None, left_pad: bool = False) -> Spliced:

@@ -88,6 +88,14 @@ def _nchw_to_tokens(features: Tensor) -> Tensor:
     return features.flatten(2).transpose(1, 2)
 
 
+def encode_without_frozen_graph(vision: nn.Module, pixel_values: Tensor) -> Tensor:
+    """Patch features; a fully frozen tower runs under no_grad, so no activations are kept for it."""
+    if any(p.requires_grad for p in vision.parameters()):
+        return vision(pixel_values)
+    with torch.no_grad():
+        return vision(pixel_values)
+
+
 class VisionEncoder(nn.Module, abc.ABC):
     """Image encoder returning one feature vector per patch (or CNN cell).
 
