@@ -61,8 +61,8 @@ class VQATask:
         scores = [s for v in by_type.values() for s in v]
         out = {"accuracy": sum(scores) / len(scores)}
         for group, types in self.type_groups.items():
-            hits = [s for t in types for s in by_type.get(t, [])]
-            if hits:
+            if all(t in by_type for t in types):  # a group only where the data has all its types
+                hits = [s for t in types for s in by_type[t]]
                 out[f"accuracy_{group}"] = sum(hits) / len(hits)
         if len(by_type) > 1:
             out.update({f"accuracy_{t}": sum(v) / len(v) for t, v in sorted(by_type.items())})
