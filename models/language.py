@@ -7,14 +7,13 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import bitsandbytes as bnb
 import torch
 from huggingface_hub import save_torch_state_dict
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from data.templates import IMAGE_TOKEN, PAD_TOKEN
-from models.peft import Bottleneck, LlamaAdapter, LoRA, base_state_dict, load_4bit_pre_hook, merge_lora
+from models.peft import Bottleneck, LlamaAdapter, LoRA, base_state_dict, is_4bit, load_4bit_pre_hook, merge_lora
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -130,7 +129,7 @@ class LanguageModel(nn.Module):
         self.image_token_id: int = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.adapter, self.quantization = adapter, quantization
         ckpt = {"use_reentrant": False}
-        if any(isinstance(m, bnb.nn.Linear4bit) for m in self.model.modules()):  # asked, or a 4-bit checkpoint
+        if any(is_4bit(m) for m in self.model.modules()):  # asked, or a 4-bit checkpoint
             from peft import prepare_model_for_kbit_training
 
             self.model = prepare_model_for_kbit_training(
@@ -139,7 +138,7 @@ class LanguageModel(nn.Module):
             for mod in self.model.modules():
                 # bnb's CPU eval fast path repacks weights in place (bf16 scales, double quant
                 # dropped, fails for in_features < 64): keep one format for train and eval
-                if isinstance(mod, bnb.nn.Linear4bit):
+                if is_4bit(mod):
                     mod.support_avx512bf16_for_cpu = False
         elif gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)

@@ -11,13 +11,28 @@ import operator
 from dataclasses import dataclass
 from typing import Literal
 
-import bitsandbytes as bnb
+import sys
+
 import torch
 from peft import AdaptionPromptConfig, LoraConfig, get_peft_model
 from peft.tuners.adaption_prompt.layer import _BaseAdaptedAttention
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel
+
+
+def bitsandbytes():
+    """Imported on first use: only 4-bit layers and the 8-bit / paged optimizers need it (and it
+    prints a CPU-kernel warning on import), so plain runs and machines without it are unaffected."""
+    import bitsandbytes as bnb
+
+    return bnb
+
+
+def is_4bit(module: nn.Module) -> bool:
+    """A bitsandbytes Linear4bit; if bitsandbytes was never imported, none can exist."""
+    bnb = sys.modules.get("bitsandbytes")
+    return bnb is not None and isinstance(module, bnb.nn.Linear4bit)
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -27,7 +42,7 @@ def linear_layer_names(model: nn.Module) -> list[str]:
     head = model.get_output_embeddings()
     names, excluded = set(), set()
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Linear, bnb.nn.Linear4bit)):
+        if isinstance(mod, nn.Linear) or is_4bit(mod):
             (excluded if mod is head else names).add(name.rsplit(".", 1)[-1])
     if names & excluded:  # a leaf name shared with the head: fall back to full paths
         return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
@@ -133,11 +148,13 @@ def build_optimizer(name: OptimizerName, param_groups, lr: float, betas: tuple[f
                     weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """AdamW variants. Paged states live in CUDA unified memory and page out under pressure
     (QLoRA's fix for memory spikes); on CPU bitsandbytes falls back to ordinary state (it warns)."""
-    classes = {"adamw": torch.optim.AdamW, "paged_adamw": bnb.optim.PagedAdamW,
-               "paged_adamw_8bit": bnb.optim.PagedAdamW8bit, "adamw_8bit": bnb.optim.AdamW8bit}
-    if name not in classes:
-        raise ValueError(f"optimizer {name!r} unknown; choose one of {sorted(classes)}")
-    return classes[name](param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    bnb_names = {"paged_adamw": "PagedAdamW", "paged_adamw_8bit": "PagedAdamW8bit", "adamw_8bit": "AdamW8bit"}
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name not in bnb_names:
+        raise ValueError(f"optimizer {name!r} unknown; choose one of {sorted(['adamw', *bnb_names])}")
+    cls = getattr(bitsandbytes().optim, bnb_names[name])
+    return cls(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -161,8 +178,9 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # --- 4-bit bases: dequantise, reload, merge -------------------------------------------------
 
 
-def dense_weight(layer: bnb.nn.Linear4bit, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dense_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The dense weight a Linear4bit computes with (bnb repacks CPU weights for AVX512 inference)."""
+    bnb = bitsandbytes()
     w = layer.weight
     data, state = w.data, w.quant_state
     if getattr(state, "packing_format_for_cpu", False):
@@ -174,16 +192,16 @@ def load_4bit_pre_hook(module: nn.Module, state_dict: dict, prefix: str, *args) 
     """`load_state_dict` for Linear4bit: bnb saves the quant state as extra `weight.*` entries but
     cannot load them, so rebuild each Params4bit from them and leave only `weight` to copy."""
     for name, mod in module.named_modules():
-        if not isinstance(mod, bnb.nn.Linear4bit):
+        if not is_4bit(mod):
             continue
         key = f"{prefix}{name}.weight" if name else f"{prefix}weight"
         stats = {k[len(key) + 1:]: state_dict.pop(k) for k in list(state_dict) if k.startswith(key + ".")}
         if stats and key in state_dict:
-            mod.weight = bnb.nn.Params4bit.from_prequantized(
+            mod.weight = bitsandbytes().nn.Params4bit.from_prequantized(
                 state_dict[key], stats, requires_grad=False, device=mod.weight.device, module=mod)
 
 
-def _dense_linear(q: bnb.nn.Linear4bit, lora: LoraLayer | None, dtype: torch.dtype) -> nn.Linear:
+def _dense_linear(q: nn.Module, lora: LoraLayer | None, dtype: torch.dtype) -> nn.Linear:
     dense = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None, dtype=dtype, device=q.weight.device)
     with torch.no_grad():
         weight = dense_weight(q, torch.float32)
@@ -202,9 +220,9 @@ def merge_lora(peft_model, dtype: torch.dtype = torch.float32) -> PreTrainedMode
     loras = {id(m.get_base_layer()): m for m in base.modules() if isinstance(m, LoraLayer)}
     replace = []  # (path, Linear4bit, its LoRA wrapper or None); the wrapper's path is replaced
     for name, mod in base.named_modules():
-        if isinstance(mod, LoraLayer) and isinstance(mod.get_base_layer(), bnb.nn.Linear4bit):
+        if isinstance(mod, LoraLayer) and is_4bit(mod.get_base_layer()):
             replace.append((name, mod.get_base_layer(), mod))
-        elif isinstance(mod, bnb.nn.Linear4bit) and id(mod) not in loras:
+        elif is_4bit(mod) and id(mod) not in loras:
             replace.append((name, mod, None))
     for name, q, lora in replace:
         parent, _, leaf = name.rpartition(".")
