@@ -1,0 +1,23 @@
+"""Data curation: quality filters, fuzzy and image dedup, CLIP-score filtering, mixtures.
+
+`chimera curate --config configs/curation/shapes.yaml --in 'shards/train-*.tar' --out DST`
+runs a configured chain (see `data.curation.curate`); the pieces are usable on their own:
+
+    text_quality   GopherQuality, CaptionQuality and the single rules
+    minhash        MinHasher, MinHashDeduper, optimal_bands_rows, connected_components
+    image_dedup    phash, PHashDeduper, semdedup, embed_images
+    clip_score     clip_scores, select_by_score
+    mixtures       MixtureStream, mixture_probabilities, MixtureImageTextDataModule
+    noise          inject_noise (known noise for Shapes), step_precision_recall
+"""
+
+from data.curation.clip_score import clip_scores, select_by_score
+from data.curation.curate import curate
+from data.curation.image_dedup import PHashDeduper, phash, semdedup
+from data.curation.minhash import MinHashDeduper, MinHasher, optimal_bands_rows
+from data.curation.mixtures import MixtureStream, mixture_probabilities
+from data.curation.text_quality import CaptionQuality, GopherQuality
+
+__all__ = ["CaptionQuality", "GopherQuality", "MinHashDeduper", "MinHasher", "MixtureStream", "PHashDeduper",
+           "clip_scores", "curate", "mixture_probabilities", "optimal_bands_rows", "phash", "select_by_score",
+           "semdedup"]

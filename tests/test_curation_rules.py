@@ -1,0 +1,91 @@
+"""Text quality rules (Gopher / DataComp basic) on hand-made examples, checked by value."""
+
+import pytest
+
+from data.curation import text_quality as tq
+from data.curation.text_quality import CaptionQuality, GopherQuality
+
+GOOD = (
+    "The museum reopened this spring after a long renovation of the east wing. Visitors can now walk "
+    "through a gallery of early maps, each with a short note that explains how sailors used them. "
+    "Curators say the most popular piece is a hand drawn chart of the northern coast, which shows "
+    "harbours that have since silted up. A new room is devoted to instruments, with working models "
+    "that children are invited to try."
+)
+
+
+def test_good_document_passes_every_gopher_rule():
+    assert len(GOOD.split()) >= 50
+    assert GopherQuality().reasons(GOOD) == []
+    assert GopherQuality()(GOOD) is None
+
+
+def test_word_count_and_mean_word_length():
+    assert tq.word_count(["word"] * 10) == "word_count<50"
+    assert tq.word_count(["w"] * 100_001) == "word_count>100000"
+    assert tq.word_count(["w"] * 50) is None
+    assert tq.mean_word_length(["ab"] * 60) == "mean_word_length<3"
+    assert tq.mean_word_length(["abcdefghijkl"] * 60) == "mean_word_length>10"
+    assert tq.mean_word_length(["abc", "abcdefghijk"]) is None  # mean 7
+    assert GopherQuality()("too short to be a document") == "word_count<50"
+
+
+def test_symbol_bullet_ellipsis_rules():
+    words = ["word"] * 60
+    assert tq.symbol_to_word_ratio("#" * 7, words) == "hash_ratio>0.1"  # 7/60 > 0.1
+    assert tq.symbol_to_word_ratio("#" * 6, words) is None  # 6/60 = 0.1 is not above
+    assert tq.symbol_to_word_ratio("... " * 4 + "\u2026" * 3, words) == "ellipsis_ratio>0.1"
+    assert tq.bullet_lines(["- item"] * 10) == "bullet_lines>0.9"
+    assert tq.bullet_lines(["- item"] * 9 + ["plain line"]) is None  # exactly 0.9
+    lines = ["it went on..."] * 4 + ["a full sentence."] * 6
+    assert tq.ellipsis_lines(lines) == "ellipsis_lines>0.3"
+    assert tq.ellipsis_lines(lines[2:]) is None  # 2/8
+    assert tq.ellipsis_lines(["x..."] * 3 + ["y."] * 7) is None  # 0.3 is not above
+
+
+def test_alphabetic_and_stop_words():
+    assert tq.alphabetic_words(["word"] * 45 + ["1234"] * 15) == "alphabetic_words<0.8"  # 0.75
+    assert tq.alphabetic_words(["word"] * 48 + ["1234"] * 12) is None  # 0.8
+    assert tq.alphabetic_words(["abc1"]) is None  # contains a letter
+    assert tq.stop_words("cats sleep all day".split()) == "stop_words<2"
+    assert tq.stop_words("the cat sat".split()) == "stop_words<2"  # one distinct stop word
+    assert tq.stop_words("The cat sat with me.".split()) is None  # "The", "with" (case, punctuation)
+
+
+def test_repetition_rules():
+    assert tq._duplicate_fractions(["xx", "y", "xx", "xx"]) == (0.5, 4 / 7)
+    assert tq.duplicate_lines(["a b c", "d e f", "a b c", "a b c", "g h"]) == "duplicate_lines>0.3"  # 2/5
+    assert tq.duplicate_lines(["long line number one", "two", "three", "four", "two"]) is None  # 1/5, 3/28 chars
+    assert tq.duplicate_paragraphs(["intro", "body text", "intro", "intro"]) == "duplicate_paragraphs>0.3"
+    # top 2-gram: "click here" x10 covers 90 of 190 word characters
+    words = ["click", "here"] * 10 + [f"wor{i:02d}" for i in range(20)]
+    assert tq.top_ngram_fraction(words, 2, 0.2) == "top_2gram>0.2"
+    assert tq.top_ngram_fraction([f"w{i:03d}" for i in range(40)], 2, 0.2) is None  # no repeated bigram
+    # a 5-gram of one-letter words repeated: 10 covered chars out of 10 + 4*10
+    words = list("abcde") * 2 + [f"u{i:03d}" for i in range(10)]
+    assert tq.duplicate_ngram_fraction(words, 5, 0.15) == "duplicate_5gram>0.15"  # 10/50 = 0.2
+    assert tq.duplicate_ngram_fraction(words, 5, 0.25) is None
+    spam = " ".join(["buy cheap pills now"] * 20)
+    assert GopherQuality()(spam) in {"stop_words<2", "top_2gram>0.2"}
+    assert {"top_2gram>0.2", "duplicate_5gram>0.15"} <= set(GopherQuality().reasons(spam))
+
+
+def test_rules_can_be_disabled_and_typos_named():
+    assert GopherQuality(min_words=None, max_words=None, min_stop_words=None)("short text here") is None
+    with pytest.raises(ValueError, match="min_word"):
+        GopherQuality.from_config(min_word=3)
+
+
+def test_datacomp_caption_rules():
+    rule = CaptionQuality(min_image_side=32, max_word_repeat_fraction=0.5)
+    assert rule("") == "caption_words<3"
+    assert rule("image") == "caption_words<3"
+    assert rule("a b c") == "caption_chars<6"  # 3 words but 5 characters
+    assert rule("a red circle") is None
+    assert rule("a a a a") == "caption_word_repeat>0.5"
+    assert rule("a red circle", (100, 40)) is None  # ratio 2.5
+    assert rule("a red circle", (130, 40)) == "aspect_ratio>3"
+    assert rule("a red circle", (40, 120)) is None  # exactly 3
+    assert rule("a red circle", (20, 20)) == "image_side<32"
+    assert CaptionQuality()("a red circle", (150, 150)) == "image_side<200"  # DataComp's default
+    assert CaptionQuality()("a a a a") is None  # the repeat rule is ours, off by default
