@@ -37,7 +37,8 @@ def image_text_pipeline(urls: list[str], transform: Callable, train: bool, shuff
                         seed: int = 0) -> wds.WebDataset:
     """Decoded (pixels, caption) pairs; a corrupt image or a sample without a caption is skipped."""
     ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, handler=_warn_and_skip,
-                        empty_check=False, seed=seed)
+                        empty_check=False, seed=seed,  # shards split across DDP ranks and workers
+                        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
     if train:
         ds = ds.shuffle(shuffle_buffer)
     return (ds.decode("pil", handler=_warn_and_skip)

@@ -94,7 +94,9 @@ def _skip(exn: Exception) -> bool:
 
 def interleaved_pipeline(urls: list[str], to_sample: InterleavedSamples, train: bool, shuffle_buffer: int = 200,
                          seed: int = 0) -> wds.WebDataset:
-    ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, handler=_skip, empty_check=False, seed=seed)
+    # shards split across ranks (DDP) and DataLoader workers, so no sample is read twice per epoch
+    ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, handler=_skip, empty_check=False, seed=seed,
+                        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
     if train:
         ds = ds.shuffle(shuffle_buffer)
     return ds.decode("pil", handler=_skip).map(to_sample, handler=_skip)

@@ -267,7 +267,8 @@ class OpenCLIPVision(VisionEncoder):
                 f"(nor is it a pretrained tag of {name!r}; known tags: {tags})"
             )
         try:
-            clip = open_clip.create_model(name, pretrained=pretrained)
+            # on the default device, so `with torch.device("meta")` builds it without storage
+            clip = open_clip.create_model(name, pretrained=pretrained, device=torch.get_default_device())
         except RuntimeError as e:
             # open_clip turns download failures (OSError from the hub) into RuntimeError.
             if is_tag and isinstance(e.__context__, OSError):

@@ -17,6 +17,9 @@ commands:
   pipeline   run staged experiments             (chimera pipeline run configs/pipelines/demo.yaml)
   merge      fold LoRA into dense weights       (chimera merge --ckpt CKPT --out DIR)
   eval       score a checkpoint on tasks        (chimera eval --config X.yaml --ckpt CKPT --tasks vqa --out DIR)
+  export     write a transformers LLaVA dir     (chimera export --ckpt CKPT --format hf-llava --out DIR)
+  import     read HF LLaVA / OpenFlamingo       (chimera import --format hf-llava|openflamingo --src SRC --out DIR)
+  curate     filter/dedup/mix shards            (chimera curate --config configs/curation/shapes.yaml --in SRC --out DST)
 """
 
 
@@ -126,6 +129,14 @@ def main(argv: list[str] | None = None) -> None:
         from train.evaluation.command import eval_main
 
         eval_main(rest)
+    elif command in ("export", "import"):
+        from train.export import export_main, import_main
+
+        (export_main if command == "export" else import_main)(rest)
+    elif command == "curate":
+        from data.curation.curate import curate_main
+
+        curate_main(rest)
     else:
         sys.exit(f"chimera: unknown command {command!r}\n\n{USAGE}")
 

@@ -1,0 +1,233 @@
+"""Checkpoint interop: transformers LLaVA export/import and OpenFlamingo import, each proved by
+equal logits between our model and the model in the other format (tiny, random weights)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from data.tokenizer import train_tokenizer
+from models.connectors import MLPConnector
+from models.flamingo import Flamingo
+from models.interop import chimera_to_openflamingo, import_hf_llava, load_openflamingo_checkpoint
+from models.language import LanguageModel
+from models.llava import LLaVA
+from models.resampler import PerceiverResampler
+from models.vision import HFVision
+from tests.tiny import LM_CONFIG
+from train.checkpoint import build_module, load_module
+from train.cli import main
+
+CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+        "image_size": 28, "patch_size": 7, "projection_dim": 16}  # 16 patches
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer(["a cat on a mat", "what colour is the square"], out, vocab_size=300)
+    return str(out)
+
+
+def llava_config(tok: str) -> dict:
+    return {"class_path": "train.module.VLMModule", "init_args": {"stage": "finetune", "model": {
+        "class_path": "models.llava.LLaVA", "init_args": {
+            "vision": {"class_path": "models.vision.HFVision", "init_args": {"config": dict(CLIP), "select_layer": -2}},
+            "language": {"class_path": "models.language.LanguageModel",
+                         "init_args": {"config": dict(LM_CONFIG), "tokenizer": tok}},
+            "connector": {"class_path": "models.connectors.MLPConnector", "init_args": {"depth": 2}},
+        }}}}
+
+
+def batch(model, image_positions=(1, 3), length=7):
+    """Two rows without padding, one `<image>` each at different positions."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 250, (2, length), generator=g)
+    for row, pos in enumerate(image_positions):
+        ids[row, pos] = model.language.image_token_id
+    pixels = torch.randn(2, 3, CLIP["image_size"], CLIP["image_size"], generator=g)
+    return ids, torch.ones_like(ids), pixels
+
+
+def expand_image_tokens(ids: torch.Tensor, image_id: int, n: int) -> torch.Tensor:
+    """HF LLaVA's input: each `<image>` repeated once per image feature (what its processor does)."""
+    rows = [torch.repeat_interleave(r, torch.where(r == image_id, n, 1)) for r in ids]
+    return torch.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def exported(tok, tmp_path_factory):
+    root = tmp_path_factory.mktemp("llava")
+    torch.manual_seed(0)
+    config = llava_config(tok)
+    module = build_module(config).eval()
+    ckpt = root / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "chimera_config": config}, ckpt)
+    main(["export", "--ckpt", str(ckpt), "--format", "hf-llava", "--out", str(root / "hf")])
+    return module.model, root
+
+
+def test_hf_llava_export_has_equal_logits(exported):
+    from transformers import LlavaForConditionalGeneration
+
+    model, root = exported
+    hf = LlavaForConditionalGeneration.from_pretrained(root / "hf").eval()
+    assert hf.config.image_seq_length == model.num_image_tokens == 16
+    ids, mask, pixels = batch(model)
+    with torch.no_grad():
+        ours, _ = model(ids, mask, pixels)
+        hf_ids = expand_image_tokens(ids, model.language.image_token_id, model.num_image_tokens)
+        theirs = hf(input_ids=hf_ids, attention_mask=torch.ones_like(hf_ids), pixel_values=pixels).logits
+    assert theirs.shape == ours.shape
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_hf_llava_processor_expands_image_tokens_like_our_splice(exported):
+    import PIL.Image
+    from transformers import AutoProcessor
+
+    model, root = exported
+    processor = AutoProcessor.from_pretrained(root / "hf")
+    out = processor(text="<image>\nwhat colour", images=PIL.Image.new("RGB", (40, 30)), return_tensors="pt")
+    assert int((out["input_ids"] == model.language.image_token_id).sum()) == model.num_image_tokens
+    assert tuple(out["pixel_values"].shape[-2:]) == (CLIP["image_size"],) * 2
+
+
+def test_hf_llava_import_round_trip(exported):
+    model, root = exported
+    imported = import_hf_llava(root / "hf")
+    ids, mask, pixels = batch(model, image_positions=(0, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(imported(ids, mask, pixels)[0], model(ids, mask, pixels)[0], atol=1e-6, rtol=1e-6)
+
+
+def test_hf_llava_import_cli_writes_a_loadable_checkpoint(exported):
+    model, root = exported
+    main(["import", "--format", "hf-llava", "--src", str(root / "hf"), "--out", str(root / "back")])
+    module = load_module(root / "back" / "model.ckpt")
+    ids, mask, pixels = batch(model)
+    with torch.no_grad():
+        torch.testing.assert_close(module.model(ids, mask, pixels)[0], model(ids, mask, pixels)[0])
+
+
+def test_hf_llava_export_refuses_other_towers(tok, tmp_path):
+    from models.interop import export_hf_llava
+
+    model = LLaVA(HFVision(config=dict(CLIP)), LanguageModel(config=dict(LM_CONFIG), tokenizer=tok),
+                  lambda i, o: MLPConnector(i, o, depth=3))
+    with pytest.raises(ValueError, match="mlp2x_gelu"):
+        export_hf_llava(model, tmp_path)
+
+
+# --- OpenFlamingo ---------------------------------------------------------------------------
+
+def tiny_flamingo(tok: str, seed: int) -> Flamingo:
+    torch.manual_seed(seed)
+    lm = LanguageModel(config={**LM_CONFIG, "num_hidden_layers": 4}, tokenizer=tok)
+    model = Flamingo(HFVision(config=dict(CLIP), select_layer=-1), lm,
+                     resampler=lambda i, o: PerceiverResampler(i, o, num_latents=4, depth=2, heads=2, dim_head=8),
+                     cross_attn_every_n_layers=2, xattn_heads=2, xattn_dim_head=8, xattn_ff_mult=2).eval()
+    with torch.no_grad():  # everything non-trivial: open gates, non-zero special-token deltas
+        for block in model.cross_attention:
+            block.attn_gate.fill_(0.7)
+            block.ff_gate.fill_(-0.4)
+        model.special_tokens.input_delta.normal_()
+        model.special_tokens.output_delta.normal_()
+    return model
+
+
+def flamingo_batch(model):
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(5, 250, (2, 9), generator=g)
+    img, eoc = model.image_token_id, model.end_of_chunk_token_id
+    ids[0, [0, 4]] = img
+    ids[0, 3] = eoc
+    ids[1, 2] = img
+    pixels = torch.randn(3, 3, CLIP["image_size"], CLIP["image_size"], generator=g)
+    return ids, torch.ones_like(ids), pixels
+
+
+def test_openflamingo_names(tok):
+    state = chimera_to_openflamingo(tiny_flamingo(tok, 0))
+    for key in ("perceiver.latents", "perceiver.layers.0.0.to_kv.weight", "perceiver.layers.1.1.3.weight",
+                "perceiver.norm.weight",
+                "lang_encoder.model.layers.1.gated_cross_attn_layer.attn.to_q.weight",
+                "lang_encoder.model.layers.1.gated_cross_attn_layer.attn_gate",
+                "lang_encoder.model.layers.3.gated_cross_attn_layer.ff.1.weight",
+                "lang_encoder.model.layers.0.decoder_layer.self_attn.q_proj.weight",
+                "lang_encoder.model.layers.1.decoder_layer.mlp.down_proj.weight",
+                "lang_encoder.model.embed_tokens.weight", "lang_encoder.lm_head.weight"):
+        assert key in state, key
+    assert not any("gated_cross_attn_layer" in k for k in state if ".layers.0." in k or ".layers.2." in k)
+    assert any(k.startswith("vision_encoder.") and k.endswith("patch_embedding.weight") for k in state)
+
+
+def test_openflamingo_checkpoint_import_gives_identical_outputs(tok, tmp_path):
+    source = tiny_flamingo(tok, 0)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"module." + k: v for k, v in chimera_to_openflamingo(source).items()}, path)  # DDP-prefixed, too
+    target = tiny_flamingo(tok, 1)
+    ids, mask, pixels = flamingo_batch(source)
+    with torch.no_grad():
+        before = target(ids, mask, pixels)[0]
+        assert load_openflamingo_checkpoint(target, path) == []
+        expected, got = source(ids, mask, pixels)[0], target(ids, mask, pixels)[0]
+    assert not torch.allclose(before, expected)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not target.special_tokens.input_delta.any()  # folded into the embedding rows
+
+
+def test_openflamingo_trainable_only_checkpoint(tok):
+    """Released checkpoint.pt files hold only what trained; vision and LM stay as built."""
+    source = tiny_flamingo(tok, 0)
+    state = chimera_to_openflamingo(source, trainable_only=True)
+    assert {k.split(".")[0] for k in state} == {"perceiver", "lang_encoder"}
+    assert all("gated_cross_attn_layer" in k or k in ("lang_encoder.model.embed_tokens.weight", "lang_encoder.lm_head.weight")
+               for k in state if k.startswith("lang_encoder."))
+    target = copy.deepcopy(source)
+    with torch.no_grad():
+        for p in [*target.connector.parameters(), *target.cross_attention.parameters()]:
+            p.add_(1.0)
+    missing = load_openflamingo_checkpoint(target, state)
+    assert missing and not any(k.startswith(("connector.", "cross_attention.")) for k in missing)
+    ids, mask, pixels = flamingo_batch(source)
+    with torch.no_grad():
+        torch.testing.assert_close(target(ids, mask, pixels)[0], source(ids, mask, pixels)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_openflamingo_mismatched_layout_is_a_clear_error(tok):
+    state = chimera_to_openflamingo(tiny_flamingo(tok, 0))
+    other = tiny_flamingo(tok, 0)
+    state["lang_encoder.model.layers.0.gated_cross_attn_layer.attn_gate"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="cross_attn_every_n_layers"):
+        load_openflamingo_checkpoint(other, state)
+
+
+def test_openflamingo_import_cli(tok, tmp_path):
+    """`chimera import --format openflamingo` builds the experiment's Flamingo and loads checkpoint.pt into it."""
+    import yaml
+
+    config = {"class_path": "train.module.VLMModule", "init_args": {"stage": "align", "model": {
+        "class_path": "models.flamingo.Flamingo", "init_args": {
+            "vision": {"class_path": "models.vision.HFVision", "init_args": {"config": dict(CLIP), "select_layer": -1}},
+            "language": {"class_path": "models.language.LanguageModel",
+                         "init_args": {"config": {**LM_CONFIG, "num_hidden_layers": 4}, "tokenizer": tok}},
+            "resampler": {"class_path": "models.resampler.PerceiverResampler",
+                          "init_args": {"num_latents": 4, "depth": 1, "heads": 2, "dim_head": 8}},
+            "cross_attn_every_n_layers": 2, "xattn_heads": 2, "xattn_dim_head": 8, "xattn_ff_mult": 2,
+        }}}}
+    torch.manual_seed(0)
+    source = build_module(config).model.eval()
+    with torch.no_grad():
+        for block in source.cross_attention:
+            block.attn_gate.fill_(0.5)
+    torch.save(chimera_to_openflamingo(source), tmp_path / "checkpoint.pt")
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({"model": config}))
+    main(["import", "--format", "openflamingo", "--src", str(tmp_path / "checkpoint.pt"),
+          "--config", str(tmp_path / "exp.yaml"), "--out", str(tmp_path / "out")])
+    imported = load_module(tmp_path / "out" / "model.ckpt").model
+    ids, mask, pixels = flamingo_batch(source)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(ids, mask, pixels)[0], source(ids, mask, pixels)[0], atol=1e-5, rtol=1e-5)

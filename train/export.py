@@ -1,0 +1,102 @@
+"""`chimera export` / `chimera import`: checkpoints in other projects' formats.
+
+    chimera export --ckpt CKPT --format hf-llava --out DIR
+        DIR loads with `transformers.LlavaForConditionalGeneration.from_pretrained(DIR)` (and
+        `AutoProcessor`); needs an HF CLIP tower, the mlp2x_gelu connector and a dense LM
+        (`chimera merge` a LoRA/QLoRA checkpoint first).
+    chimera import --format hf-llava --src HF_DIR --out DIR
+        DIR/model.ckpt loads with `load_module` / `chimera generate|eval --ckpt`; DIR/vision and
+        DIR/language are the parts as transformers directories (its config points at them).
+    chimera import --format openflamingo --src checkpoint.pt --config EXPERIMENT.yaml --out DIR
+        builds the Flamingo of EXPERIMENT.yaml (e.g. configs/experiments/openflamingo-3b.yaml:
+        pretrained vision and LM) and loads open_flamingo's trained weights into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import yaml
+
+
+def export_checkpoint(ckpt: str | Path, fmt: str, out_dir: str | Path) -> Path:
+    from models.interop import export_hf_llava
+    from models.llava import LLaVA
+    from train.checkpoint import load_module
+
+    if fmt != "hf-llava":
+        raise ValueError(f"unknown export format {fmt!r}; choose 'hf-llava'")
+    model = load_module(ckpt).model
+    if not isinstance(model, LLaVA):
+        raise ValueError(f"{ckpt}: hf-llava export needs a LLaVA model, got {type(model).__name__}")
+    return export_hf_llava(model, out_dir)
+
+
+def _save_module(module, config: dict, out: Path, source: str) -> Path:
+    path = out / "model.ckpt"
+    torch.save({"state_dict": module.state_dict(), "chimera_config": config, "imported_from": source}, path)
+    return path
+
+
+def import_hf_llava_dir(src: str | Path, out_dir: str | Path) -> Path:
+    """A `chimera fit`-style checkpoint (config + weights) from a transformers LLaVA directory."""
+    from models.interop import import_hf_llava
+    from train.module import VLMModule
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = import_hf_llava(src)
+    model.vision.save_pretrained(str(out / "vision"))
+    model.language.save_pretrained(out / "language")
+    config = {"class_path": "train.module.VLMModule", "init_args": {"stage": "finetune", "model": {
+        "class_path": "models.llava.LLaVA", "init_args": {
+            "vision": {"class_path": "models.vision.HFVision",
+                       "init_args": {"name_or_path": str(out / "vision"), "model_type": "clip",
+                                     "select_layer": model.vision.select_layer}},
+            "language": {"class_path": "models.language.LanguageModel",
+                         "init_args": {"name_or_path": str(out / "language")}},
+            "connector": {"class_path": "models.connectors.MLPConnector", "init_args": {"depth": 2, "activation": "gelu"}},
+        }}}}
+    return _save_module(VLMModule(model, stage="finetune"), config, out, str(src))
+
+
+def import_openflamingo(src: str | Path, experiment: str | Path, out_dir: str | Path) -> Path:
+    from models.interop import load_openflamingo_checkpoint
+    from train.checkpoint import build_module
+
+    config = yaml.safe_load(Path(experiment).read_text())["model"]
+    module = build_module(config)
+    left = load_openflamingo_checkpoint(module.model, src)
+    bridge = [k for k in left if k.startswith(("connector.", "cross_attention."))]
+    if bridge:
+        raise ValueError(f"{src}: the checkpoint lacks trained weights for {bridge[:5]} ...")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return _save_module(module, config, out, str(src))
+
+
+def export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="chimera export", description="Write a checkpoint in another format.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `chimera fit` (or `chimera merge`)")
+    parser.add_argument("--format", required=True, choices=["hf-llava"])
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    print(f"wrote {export_checkpoint(args.ckpt, args.format, args.out)}")
+
+
+def import_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="chimera import", description="Read a checkpoint of another project.")
+    parser.add_argument("--format", required=True, choices=["hf-llava", "openflamingo"])
+    parser.add_argument("--src", required=True, help="transformers LLaVA directory, or open_flamingo checkpoint.pt")
+    parser.add_argument("--config", help="experiment YAML whose model the openflamingo weights go into")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.format == "hf-llava":
+        path = import_hf_llava_dir(args.src, args.out)
+    else:
+        if not args.config:
+            parser.error("--format openflamingo needs --config (e.g. configs/experiments/openflamingo-3b.yaml)")
+        path = import_openflamingo(args.src, args.config, args.out)
+    print(f"wrote {path}")
