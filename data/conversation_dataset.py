@@ -62,6 +62,20 @@ def load_pixels(record: dict, root: Path, transform: Callable) -> tuple[bool, to
     return True, torch.stack([transform(im) for im in images])
 
 
+def readable_image_batches(records: list[dict], root: Path, transform: Callable, batch_size: int):
+    """Yield (record indices, (n, 3, H, W) pixels) of each record's first image, in batches;
+    records whose image is missing or unreadable are left out (embedding and RICES code)."""
+    for start in range(0, len(records), batch_size):
+        idx, pixels = [], []
+        for i in range(start, min(start + batch_size, len(records))):
+            ok, px = load_pixels(records[i], root, transform)
+            if ok and px is not None:
+                idx.append(i)
+                pixels.append(px[0])
+        if pixels:
+            yield idx, torch.stack(pixels)
+
+
 def sample_turns(turns: list[dict], k: int, rng: random.Random) -> list[dict]:
     """A random subset of k question/answer pairs, in their original order, image first.
 

@@ -32,16 +32,24 @@ def _load_offline(loader, name: str, what: str, **kwargs):
 CHECKPOINT_PREFIX = "model.language.model."
 
 
+def checkpoint_weights(ckpt_path: str | Path, prefix: str, what: str) -> dict[str, Tensor]:
+    """The `state_dict` entries of a `chimera fit` checkpoint under `prefix`, prefix removed;
+    errors name the option (`what`) and the file."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path} holds no `{prefix}*` weights: not a checkpoint of `chimera fit` with that part")
+    return weights
+
+
 def _load_dense_weights(model: nn.Module, ckpt_path: str) -> None:
     """The dense LM weights of a `chimera fit` checkpoint, loaded before quantisation and adapters,
     so a LoRA/QLoRA stage starts from an earlier stage's language model."""
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LanguageModel weights_from checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
-    weights = {k[len(CHECKPOINT_PREFIX):]: v for k, v in state.items() if k.startswith(CHECKPOINT_PREFIX)}
-    if not weights:
-        raise ValueError(f"{path} has no `{CHECKPOINT_PREFIX}*` weights (a dense LM checkpoint of `chimera fit`)")
+    weights = checkpoint_weights(path, CHECKPOINT_PREFIX, "LanguageModel weights_from")
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:

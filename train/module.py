@@ -14,6 +14,7 @@ from torch import nn
 
 from data.templates import ChatTemplate
 from models.flamingo import Flamingo
+from models.language import checkpoint_weights
 from models.llava import LLaVA
 from models.peft import OptimizerName, build_optimizer
 from train.answers import accuracy_by_type, format_accuracy
@@ -49,12 +50,7 @@ def load_model_weights(model: nn.Module, ckpt_path: str) -> None:
     only the other parts are loaded here.
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    if not weights:
-        raise ValueError(f"{path} holds no `model.*` weights: not a checkpoint of `chimera fit`")
+    weights = checkpoint_weights(path, "model.", "init_from")
     language = model.language
     adapted = getattr(language, "adapter", None) is not None or getattr(language, "quantization", None)
     try:

@@ -118,7 +118,7 @@ def plot_losses(infos: list[dict], path: Path) -> Path | None:
     return path
 
 
-def _samples(info: dict, report_dir: Path, data_root: Path | None, n: int = 4) -> list[str]:
+def _samples(info: dict, report_dir: Path, n: int = 4) -> list[str]:
     out = []
     for task in ("vqa", "caption"):
         path = info["eval_dir"] / f"{task}.jsonl" if info["eval_dir"] else None
@@ -144,7 +144,7 @@ def write_report(pipeline, spec: dict, stage_dir: Path) -> str:
         lines += ["## Training loss", "", f"![loss curves]({curve.name})", ""]
     lines += ["## Sample predictions", ""]
     for info in infos:
-        samples = _samples(info, stage_dir, None)
+        samples = _samples(info, stage_dir)
         if samples:
             lines += [f"### {info['name']}", ""] + samples + [""]
     lines += ["## Resolved configs", ""]

@@ -13,25 +13,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from data.conversation_dataset import load_pixels
+from data.conversation_dataset import readable_image_batches
 from train.evaluation.retrieval_metric import recall_at_k
 
 
 @torch.no_grad()
 def embed_images(model, records: list[dict], root: Path, batch_size: int) -> tuple[Tensor, list[int]]:
     """Embeddings of the readable images and the indices of the records they belong to."""
-    transform = model.transform(train=False)
     feats, kept = [], []
-    for start in range(0, len(records), batch_size):
-        pixels, idx = [], []
-        for i in range(start, min(start + batch_size, len(records))):
-            ok, px = load_pixels(records[i], root, transform)
-            if ok and px is not None:
-                pixels.append(px[0])
-                idx.append(i)
-        if pixels:
-            feats.append(model.encode_image(torch.stack(pixels).to(_device(model))).float().cpu())
-            kept += idx
+    for idx, pixels in readable_image_batches(records, root, model.transform(train=False), batch_size):
+        feats.append(model.encode_image(pixels.to(_device(model))).float().cpu())
+        kept += idx
     return (torch.cat(feats) if feats else torch.zeros(0, 0)), kept
 
 

@@ -50,13 +50,13 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
     loader = DataLoader(dataset, batch_size=decoding.batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=Collator(tok.pad_token_id, left_pad=True))
     predictions: list[str | None] = [None] * len(records)
+    device = next(model.parameters()).device
     was_training = module.training
     module.eval()
     try:
         for batch in loader:
             if "input_ids" not in batch:
                 continue
-            device = next(model.parameters()).device
             pixels = batch["pixel_values"].to(device) if batch["pixel_values"] is not None else None
             stop_kwargs = {"stop_strings": list(decoding.stop), "tokenizer": tok} if decoding.stop else {}
             out = model.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,

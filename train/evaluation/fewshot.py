@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data.conversation_dataset import load_pixels
+from data.conversation_dataset import readable_image_batches
 
 
 @torch.no_grad()
@@ -20,16 +20,8 @@ def pooled_image_embeddings(vision, records: list[dict], root: Path, batch_size:
     transform = vision.transform(train=False)
     device = next(vision.parameters()).device
     out = torch.zeros(len(records), vision.dim)
-    for start in range(0, len(records), batch_size):
-        idx, pixels = [], []
-        for i in range(start, min(start + batch_size, len(records))):
-            ok, px = load_pixels(records[i], root, transform)
-            if ok and px is not None:
-                idx.append(i)
-                pixels.append(px[0])
-        if pixels:
-            feats = vision(torch.stack(pixels).to(device)).float().mean(1).cpu()
-            out[idx] = F.normalize(feats, dim=-1)
+    for idx, pixels in readable_image_batches(records, root, transform, batch_size):
+        out[idx] = F.normalize(vision(pixels.to(device)).float().mean(1).cpu(), dim=-1)
     return out
 
 
