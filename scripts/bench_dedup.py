@@ -103,7 +103,7 @@ def main() -> None:
         tp = len(removed & planted)
         rows_out.append((name, len(texts) / sec, sec, tp / len(planted), tp / max(len(removed), 1), len(removed)))
     base = rows_out[-1][1]
-    print(f"\n| method | docs/s | seconds | speed-up | recall | precision | removed |")
+    print("\n| method | docs/s | seconds | speed-up | recall | precision | removed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, dps, sec, rec, prec, n in rows_out:
         print(f"| {name} | {dps:,.0f} | {sec:.2f} | {dps / base:.1f}x | {rec:.3f} | {prec:.3f} | {n} |")

@@ -2,7 +2,7 @@
 
 import json
 
-from data.eval_formats import convert_coco_captions, convert_pope, convert_vqav2
+from data.eval_formats import convert_coco_captions, convert_pope
 from train.cli import main
 from train.evaluation.runner import load_task_records, make_task
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from data.tokenizer import train_tokenizer
