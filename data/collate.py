@@ -8,7 +8,7 @@ from torch import Tensor
 from data.tokenize import IGNORE_INDEX
 
 
-def _pad(rows: list[Tensor], value: int, left: bool) -> Tensor:
+def pad_rows(rows: list[Tensor], value: int, left: bool) -> Tensor:
     out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=rows[0].dtype)
     for i, r in enumerate(rows):
         if left:
@@ -30,10 +30,10 @@ class Collator:
         if not good:
             return batch
         ids = [it["input_ids"] for it in good]
-        batch["input_ids"] = _pad(ids, self.pad_token_id, self.left_pad)
-        batch["attention_mask"] = _pad([torch.ones_like(r) for r in ids], 0, self.left_pad)
+        batch["input_ids"] = pad_rows(ids, self.pad_token_id, self.left_pad)
+        batch["attention_mask"] = pad_rows([torch.ones_like(r) for r in ids], 0, self.left_pad)
         if "labels" in good[0]:
-            batch["labels"] = _pad([it["labels"] for it in good], IGNORE_INDEX, self.left_pad)
+            batch["labels"] = pad_rows([it["labels"] for it in good], IGNORE_INDEX, self.left_pad)
         pixels = [it["pixel_values"] for it in good if it["pixel_values"] is not None]
         batch["pixel_values"] = torch.cat(pixels) if pixels else None
         if "meta" in good[0]:

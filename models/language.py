@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -56,6 +57,16 @@ def _load_dense_weights(model: nn.Module, ckpt_path: str) -> None:
         raise ValueError(f"weights_from {path}: the weights do not fit this language model: {err}") from err
 
 
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated decoder blocks, found by the classes the model declares unsplittable
+    (`_no_split_modules`, what transformers itself uses for device maps)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} declares no decoder-layer classes (`_no_split_modules`)")
+    return layers
+
+
 class LanguageModel(nn.Module):
     """A causal LM from a hub id / local dir (`name_or_path`) or built from `config` (random init).
 
@@ -68,6 +79,12 @@ class LanguageModel(nn.Module):
     trainable. A config-built LM is quantised through the real loading path: saved to a temp dir
     and reloaded with a BitsAndBytesConfig. `weights_from` starts the dense LM from a `chimera fit`
     checkpoint first (LoRA/QLoRA on an earlier stage's model).
+
+    Speed: `attn_implementation` is sdpa by default, `flash_attention_2` when flash-attn is
+    installed; `gradient_checkpointing` recomputes every `checkpoint_every`-th decoder layer in the
+    backward (1: all, the most memory saved; 2: half, ~1/6 less recompute); `compile_layers` names a
+    torch.compile backend ("inductor") applied to each decoder layer, so graphs stay small and
+    shared across layers. `revision` pins a hub commit/tag/branch.
     """
 
     def __init__(
@@ -82,7 +99,10 @@ class LanguageModel(nn.Module):
         double_quant: bool = True,
         compute_dtype: str = "float32",
         gradient_checkpointing: bool = False,
+        checkpoint_every: int = 1,
+        compile_layers: str | None = None,
         weights_from: str | None = None,
+        revision: str | None = None,
     ) -> None:
         super().__init__()
         if (name_or_path is None) == (config is None):
@@ -90,12 +110,19 @@ class LanguageModel(nn.Module):
         for key, value in (("dtype", dtype), ("compute_dtype", compute_dtype)):
             if value not in _DTYPES:
                 raise ValueError(f"LanguageModel {key} {value!r} unknown; choose one of {sorted(_DTYPES)}")
+        if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn_implementation 'flash_attention_2' needs the flash-attn package "
+                             "(pip install flash-attn, CUDA only); use 'sdpa' otherwise")
+        if checkpoint_every < 1:
+            raise ValueError(f"LanguageModel checkpoint_every must be >= 1, got {checkpoint_every}")
         if quantization not in (None, "nf4", "fp4"):
             raise ValueError(f"LanguageModel quantization {quantization!r} unknown; choose 'nf4', 'fp4' or None")
         tok_source = tokenizer or name_or_path
         if tok_source is None:
             raise ValueError("LanguageModel built from `config` needs a `tokenizer` path")
-        self.tokenizer: PreTrainedTokenizerBase = _load_offline(AutoTokenizer.from_pretrained, tok_source, "tokenizer")
+        hub = {"revision": revision} if revision is not None else {}
+        self.tokenizer: PreTrainedTokenizerBase = _load_offline(
+            AutoTokenizer.from_pretrained, tok_source, "tokenizer", **(hub if tokenizer is None else {}))
         added = {}
         if self.tokenizer.pad_token is None:
             added["pad_token"] = PAD_TOKEN
@@ -111,7 +138,7 @@ class LanguageModel(nn.Module):
         if name_or_path is not None:
             self.model = _load_offline(
                 AutoModelForCausalLM.from_pretrained, name_or_path, "language model",
-                dtype=torch_dtype, attn_implementation=attn_implementation,
+                dtype=torch_dtype, attn_implementation=attn_implementation, **hub,
                 **({"quantization_config": bnb_config} if bnb_config else {}),
             )
         else:
@@ -148,11 +175,15 @@ class LanguageModel(nn.Module):
                 # dropped, fails for in_features < 64): keep one format for train and eval
                 if is_4bit(mod):
                     mod.support_avx512bf16_for_cpu = False
-        elif gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
+        if gradient_checkpointing:  # after kbit preparation, which enables it on every layer
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt,
+                                                       every_n_layers=checkpoint_every)
         if adapter is not None:
             self.model = adapter.apply(self.model)
             self.mark_adapter_trainable()
+        if compile_layers is not None:
+            for layer in decoder_layers(self.model):
+                layer.compile(backend=compile_layers)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """What the adapter added (LoRA A/B, prompts and gates, bottleneck weights); [] without one."""
@@ -195,8 +226,29 @@ class LanguageModel(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.model.get_input_embeddings()(input_ids)
 
-    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
+        """Logits. Packed rows pass `position_ids` restarting at each sample and no attention
+        mask: transformers then keeps attention inside each sample (block-diagonal causal)."""
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).logits
+
+    def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None,
+                      position_ids: Tensor | None = None) -> Tensor:
+        """The decoder's last hidden states, before the output head (for the chunked loss)."""
+        decoder = self.model.get_decoder()
+        return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False).last_hidden_state
+
+    @property
+    def output_head(self) -> nn.Module:
+        """The module mapping hidden states to logits; refuses models that rescale logits after it."""
+        config = self.model.config
+        for key in ("final_logit_softcapping", "logit_scale"):
+            if getattr(config, key, None):
+                raise ValueError(f"{config.model_type} applies `{key}` to its logits after the output head; "
+                                 "the chunked loss does not support it: set loss_chunk_size to null")
+        return self.model.get_output_embeddings()
 
     def save_pretrained(self, out_dir: str | Path, merged: bool = False) -> None:
         """A transformers checkpoint in `out_dir`, loadable as `LanguageModel(name_or_path=out_dir)`.
