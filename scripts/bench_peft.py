@@ -22,22 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from scripts.process_memory import reset_peak_rss, status_mb
+
 MODES = {  # adapter, quantization, optimizer
     "full": (None, None, "adamw"),
     "lora": ("lora", None, "adamw"),
     "qlora": ("lora", "nf4", "adamw"),
     "qlora+paged": ("lora", "nf4", "paged_adamw"),
 }
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":")) / 1024
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def run_one(args) -> dict:
@@ -55,7 +47,7 @@ def run_one(args) -> dict:
               "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
               "num_key_value_heads": args.heads, "vocab_size": args.vocab, "max_position_embeddings": args.seq}
     torch.manual_seed(0)
-    base_rss = _status_mb("VmRSS")
+    base_rss = status_mb("VmRSS")
     lm = LanguageModel(config=config, tokenizer=tok, adapter=LoRA(r=args.r) if adapter else None,
                        quantization=quant, gradient_checkpointing=args.gradient_checkpointing)
     device = "cuda" if cuda else "cpu"
@@ -68,8 +60,8 @@ def run_one(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         built = torch.cuda.memory_allocated() / 2**20
     else:
-        _reset_peak_rss()
-        built = _status_mb("VmRSS") - base_rss
+        reset_peak_rss()
+        built = status_mb("VmRSS") - base_rss
     times, losses = [], []
     for step in range(args.warmup + args.steps):
         if cuda:
@@ -85,7 +77,7 @@ def run_one(args) -> dict:
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
         losses.append(loss.item())
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _status_mb("VmHWM") - base_rss
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else status_mb("VmHWM") - base_rss
     total = sum(p.numel() for p in lm.parameters())
     return {"mode": args.mode, "device": device, "params_M": total / 1e6,
             "trainable_M": sum(p.numel() for p in params) / 1e6, "model_MiB": built, "peak_MiB": peak,

@@ -10,11 +10,16 @@ from torch.utils.data import DataLoader
 
 from data.collate import Collator
 from data.conversation_dataset import ConversationDataset, QADataset
+from data.packing import PackingCollator
 from data.preference_dataset import PreferenceCollator, PreferenceDataset
 from data.sampling import ResumableSampler
+from models.llava import LLaVA
 
 
 class ConversationDataModule(L.LightningDataModule):
+    """`pack_length`: pack each training batch's conversations into rows of at most this many
+    LM positions (`data.packing`; LLaVA-style models), instead of padding every sample to the longest."""
+
     def __init__(
         self,
         train_json: str,
@@ -27,6 +32,7 @@ class ConversationDataModule(L.LightningDataModule):
         max_val_samples: int | None = None,
         type_groups: dict[str, list[str]] | None = None,
         seed: int = 0,
+        pack_length: int | None = None,
     ) -> None:
         super().__init__()
         for name, path in (("train_json", train_json), ("val_qa", val_qa)):
@@ -38,7 +44,7 @@ class ConversationDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.max_length, self.max_val_samples, self.max_turns = max_length, max_val_samples, max_turns
         self.type_groups = type_groups or {}
-        self.seed = seed
+        self.seed, self.pack_length = seed, pack_length
         self._resume: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -46,6 +52,13 @@ class ConversationDataModule(L.LightningDataModule):
         model, template = module.model, module.template
         module.type_groups = self.type_groups
         self.pad_id = model.tokenizer.pad_token_id
+        self.packer = None
+        if self.pack_length is not None:
+            if not isinstance(model, LLaVA):
+                raise ValueError(f"data.pack_length: packing needs a LLaVA-style model (images spliced into the "
+                                 f"sequence); {type(model).__name__} attends to images by cross-attention")
+            self.packer = PackingCollator(self.pad_id, model.language.image_token_id, model.num_image_tokens,
+                                          self.pack_length)
         self.train_set = self.build_train_set(model, template)
         self.val_set = None
         if self.val_qa:
@@ -57,7 +70,7 @@ class ConversationDataModule(L.LightningDataModule):
                                    self.max_length, max_turns=self.max_turns)
 
     def train_collator(self):
-        return Collator(self.pad_id)
+        return self.packer or Collator(self.pad_id)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
