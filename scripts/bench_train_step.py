@@ -115,7 +115,6 @@ def build(case: str, s: dict):
 
     from models.peft import LoRA
 
-    tokens = lambda b: b * (s["text"] + _image_tokens(s))  # noqa: E731
     if case in ("llava_1b", "llava_1b_chunked", "llava_7b_lora"):
         lora = case == "llava_7b_lora"
         model = _ours_llava(s, s["lm_7b"] if lora else s["lm"],
@@ -153,11 +152,6 @@ def build(case: str, s: dict):
     if case in ("mix_padded", "mix_packed"):
         return _length_mix(s, packed=case == "mix_packed")
     raise ValueError(f"unknown case {case!r}; choose from {CASES}")
-
-
-def _image_tokens(s: dict) -> int:
-    c = s["clip"]
-    return (c["image_size"] // c["patch_size"]) ** 2
 
 
 def _flamingo_ids(s: dict, batch: int, image_id: int, chunk_id: int):
