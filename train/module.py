@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from data.multisource import split_sources
 from data.templates import ChatTemplate
 from models.flamingo import Flamingo
 from models.language import checkpoint_weights
@@ -155,15 +156,25 @@ class VLMModule(L.LightningModule):
             logger.log_metrics(counts, step=0)
 
     def training_step(self, batch: dict, batch_idx: int):
-        self.skipped_samples += batch["skipped"]
+        """One batch, or one per named source (`data.multisource`): loss = sum of weight x source loss,
+        as open_flamingo weights LAION and MMC4; each source's own loss is logged as train/loss_<name>."""
+        total, rows = None, 0
+        for name, (weight, part) in split_sources(batch).items():
+            self.skipped_samples += part["skipped"]
+            if "input_ids" not in part:
+                continue  # the whole batch (of this source) was unreadable
+            _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"])
+            check_finite_loss(loss, self.global_step, batch_idx)
+            n = part["input_ids"].shape[0]
+            if name:
+                self.log(f"train/loss_{name}", loss, on_step=True, batch_size=n)
+            total = weight * loss if total is None else total + weight * loss
+            rows += n
         self.log("train/skipped_samples", float(self.skipped_samples), on_step=True, reduce_fx="max")
-        if "input_ids" not in batch:
-            return None  # the whole batch was unreadable
-        _, loss = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
-        check_finite_loss(loss, self.global_step, batch_idx)
-        n = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=n)
-        return loss
+        if total is None:
+            return None
+        self.log("train/loss", total, prog_bar=True, on_step=True, batch_size=rows)
+        return total
 
     def generate_answers(self, batch: dict) -> list[str]:
         out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
