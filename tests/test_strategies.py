@@ -1,0 +1,182 @@
+"""Strategies from config: FSDP units and checkpointed layers found on the model itself (tiny and
+full-scale models), and a 2-process FSDP run on CPU (gloo) launched as users launch it."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from tests.tiny import experiment_config, module_config, tiny_world
+from train.checkpoint import build_module
+from train.strategies import FSDP, DeepSpeed, decoder_layer_classes, vision_block_classes
+
+ROOT = Path(__file__).resolve().parent.parent
+HF_CLIP = {"class_path": "models.vision.HFVision", "init_args": {"model_type": "clip", "select_layer": -1, "config": {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "image_size": 32, "patch_size": 8}}}
+OPEN_CLIP = {"class_path": "models.vision.OpenCLIPVision", "init_args": {"select_layer": -1, "model_config": {
+    "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 1, "layers": 1}}}}
+
+
+def names(classes) -> list[str]:
+    return sorted(c.__name__ for c in classes)
+
+
+def flamingo_section(world: Path, vision: dict, every: int = 1, layers: int = 2, stage: str = "full") -> dict:
+    cfg = module_config(world, stage=stage)
+    model = cfg["init_args"]["model"]
+    model["class_path"] = "models.flamingo.Flamingo"
+    model["init_args"].pop("connector")
+    model["init_args"]["vision"] = copy.deepcopy(vision)
+    model["init_args"]["language"]["init_args"]["config"]["num_hidden_layers"] = layers
+    model["init_args"].update({"resampler": {"class_path": "models.resampler.PerceiverResampler",
+                                             "init_args": {"num_latents": 4, "depth": 1, "heads": 2, "dim_head": 16}},
+                               "cross_attn_every_n_layers": every, "xattn_heads": 2, "xattn_dim_head": 16})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return tiny_world(tmp_path_factory.mktemp("world"))
+
+
+def test_llava_units_are_decoder_layers_and_vision_blocks(world):
+    cfg = module_config(world)
+    cfg["init_args"]["model"]["init_args"]["vision"] = HF_CLIP
+    vlm = build_module(cfg).model
+    assert names(FSDP().plan(vlm)[0]) == ["CLIPEncoderLayer", "LlamaDecoderLayer"]  # not CLIP's embeddings
+    assert names(FSDP().plan(vlm)[1]) == ["LlamaDecoderLayer"]
+    bare = FSDP(wrap_vision=False, activation_checkpointing=False)
+    assert bare.plan(vlm) == (decoder_layer_classes(vlm.language), set())
+    # the tests' CNN tower (one block per stage) has no repeated block: it stays in the root unit
+    assert vision_block_classes(build_module(module_config(world)).model.vision) == set()
+
+
+def test_flamingo_units_look_through_the_cross_attention_wrappers(world):
+    # cross-attention before every 2nd of 3 layers: the layer list holds a FlamingoLayer and two plain layers
+    vlm = build_module(flamingo_section(world, OPEN_CLIP, every=2, layers=3)).model
+    layers = vlm.language.model.model.layers
+    assert sorted(type(m).__name__ for m in layers) == ["FlamingoLayer", "LlamaDecoderLayer", "LlamaDecoderLayer"]
+    wrapped, checkpointed = FSDP().plan(vlm)
+    assert names(wrapped) == ["LlamaDecoderLayer", "ResidualAttentionBlock"]
+    assert names(checkpointed) == ["LlamaDecoderLayer"]
+
+
+@pytest.mark.parametrize("config, lm_layer, vision_block", [
+    ("llava-1.5-7b/finetune.yaml", "LlamaDecoderLayer", "CLIPEncoderLayer"),
+    ("openflamingo-3b.yaml", "MptBlock", "ResidualAttentionBlock"),
+    ("openflamingo-4b.yaml", "GPTNeoXLayer", "ResidualAttentionBlock"),
+])
+def test_full_scale_models_on_meta(tmp_path, config, lm_layer, vision_block):
+    from data.tokenizer import train_tokenizer
+    from models.interop import build_on_meta
+
+    train_tokenizer(["a small corpus"], tmp_path, vocab_size=300)
+    module = build_on_meta(yaml.safe_load((ROOT / "configs/experiments" / config).read_text())["model"], str(tmp_path))
+    wrapped, checkpointed = FSDP().plan(module.model)
+    assert names(wrapped) == sorted([lm_layer, vision_block]) and names(checkpointed) == [lm_layer]
+
+
+def test_llava_finetune_config_asks_for_bf16_compute_fp32_reduce():
+    cfg = yaml.safe_load((ROOT / "configs/experiments/llava-1.5-7b/finetune.yaml").read_text())["trainer"]["strategy"]
+    assert cfg["class_path"] == "train.strategies.FSDP"
+    strategy = FSDP(**cfg["init_args"])
+    mp = strategy.mixed_precision_config
+    assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    assert strategy.sharding_strategy.name == "FULL_SHARD" and strategy.kwargs["use_orig_params"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
+def test_deepspeed_without_the_package_names_it():
+    with pytest.raises(ModuleNotFoundError, match="needs the `deepspeed` package"):
+        DeepSpeed(stage=3)
+
+
+class RecordFSDP(L.Callback):
+    """Per rank: the FSDP units and checkpointed layers, losses, local shard size and full weights."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir, self.losses = Path(out_dir), []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = trainer.strategy.model
+        units = [type(getattr(m.module, "_checkpoint_wrapped_module", m.module)).__name__ for m in root.modules()
+                 if isinstance(m, FullyShardedDataParallel) and m is not root]
+        ckpt = [type(m._checkpoint_wrapped_module).__name__ for m in root.modules() if isinstance(m, CheckpointWrapper)]
+        local = sum(p.numel() for p in pl_module.parameters())
+        plain = lambda n: n.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")  # noqa: E731
+        with FullyShardedDataParallel.summon_full_params(root, writeback=False):
+            weights = {plain(n): p.detach().clone() for n, p in pl_module.named_parameters()}
+        rank = trainer.global_rank
+        torch.save(weights, self.out_dir / f"rank{rank}.pt")
+        (self.out_dir / f"rank{rank}.json").write_text(json.dumps({
+            "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size, "units": sorted(units),
+            "checkpointed": sorted(ckpt), "losses": self.losses, "local_params": local,
+            "hf_checkpointing": pl_module.model.language.model.is_gradient_checkpointing}))
+
+
+def test_two_process_fsdp_on_cpu(tmp_path):
+    """FULL_SHARD over 2 gloo ranks, bf16 compute / fp32 reduce: a Flamingo with a ViT tower trained on
+    two weighted sources (two forwards per step through the same FSDP units, one backward)."""
+    from data.shapes import write_shapes
+
+    shapes = tmp_path / "shapes"
+    write_shapes(shapes, train_images=24, val_images=2, seed=0, max_objects=2, shard_size=6)  # shards for 2 ranks
+    steps = 3
+    cfg = experiment_config(shapes, tmp_path / "runs", max_steps=steps)
+    cfg["model"] = flamingo_section(shapes, HF_CLIP)
+    cfg["model"]["init_args"]["model"]["init_args"]["language"]["init_args"]["gradient_checkpointing"] = True
+    cfg["trainer"].update({
+        "devices": 2, "limit_val_batches": 0, "enable_checkpointing": False,
+        "strategy": {"class_path": "train.strategies.FSDP", "init_args": {"mixed_precision": "bf16"}},
+        "callbacks": [{"class_path": "tests.test_strategies.RecordFSDP", "init_args": {"out_dir": str(tmp_path)}}]})
+    cfg["data"] = {"class_path": "data.multisource.MultiSourceDataModule", "init_args": {"num_workers": 0, "sources": {
+        "captions": {"shards": str(shapes / "shards" / "train-*.tar"), "weight": 0.2, "batch_size": 3},
+        "documents": {"shards": str(shapes / "shards" / "interleaved-train-*.tar"), "weight": 1.0, "batch_size": 2}}}}
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    proc = subprocess.run([sys.executable, "-m", "train.cli", "fit", "--config", str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rec in records:
+        assert rec["strategy"] == "FSDP" and rec["world_size"] == 2
+        # one unit per decoder layer (2) and per CLIP encoder layer (2), the decoder layers checkpointed
+        assert rec["units"] == ["CLIPEncoderLayer"] * 2 + ["LlamaDecoderLayer"] * 2
+        assert rec["checkpointed"] == ["LlamaDecoderLayer"] * 2
+        assert rec["hf_checkpointing"] is False  # the strategy's checkpointing replaced the LM's own
+        assert len(rec["losses"]) == steps and all(math.isfinite(x) for x in rec["losses"])
+    assert records[0]["losses"] != records[1]["losses"]  # each rank its own batches
+
+    weights = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    total = sum(w.numel() for w in weights[0].values())
+    assert sum(r["local_params"] for r in records) == total  # sharded: each rank held its part only
+    assert all(r["local_params"] < 0.75 * total for r in records)
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+    L.seed_everything(0)
+    initial = dict(build_module(cfg["model"]).named_parameters())
+    assert initial.keys() == weights[0].keys()
+    for part in ("cross_attention", "connector", "language.model.model.layers", "vision"):
+        assert any(not torch.equal(initial[k], weights[0][k]) for k in initial if k.startswith(f"model.{part}")), part
