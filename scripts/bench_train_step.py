@@ -19,6 +19,9 @@ Cases (a case and its peer share every shape, dtype, optimizer and batch):
                                   ones), one batch padded vs packed (`data.packing`): effective
                                   (non-pad) tokens/s is what counts
   matmul_peak                     measured dense matmul rate of the device and dtype (the MFU base)
+  llava_1b+OPTION                 ours with one speed option, against llava_1b: +compile (inductor on
+                                  each decoder layer), +ckpt1 / +ckpt2 (activation checkpointing of
+                                  every / every 2nd decoder layer), +unfused (for-each AdamW)
 
 Every case runs in its own process (memory is its own). Timing: `--warmup` untimed steps, then
 `--steps` steps between synchronised clocks. FLOPs are counted by torch's FlopCounterMode on one
@@ -52,8 +55,11 @@ OPEN_CLIP_TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2,
 
 CASES = ["matmul_peak", "llava_1b", "llava_1b_hf", "llava_1b_chunked", "llava_7b_lora", "llava_7b_lora_hf",
          "flamingo_1b", "flamingo_1b_of", "mix_padded", "mix_packed"]
+OPTIONS = {"compile": {"compile_layers": "inductor"}, "ckpt1": {"gradient_checkpointing": True},
+           "ckpt2": {"gradient_checkpointing": True, "checkpoint_every": 2}, "unfused": {}}
+CASES += [f"llava_1b+{o}" for o in OPTIONS]
 PEERS = {"llava_1b": "llava_1b_hf", "llava_1b_chunked": "llava_1b", "llava_7b_lora": "llava_7b_lora_hf",
-         "flamingo_1b": "flamingo_1b_of", "mix_packed": "mix_padded"}
+         "flamingo_1b": "flamingo_1b_of", "mix_packed": "mix_padded", **{f"llava_1b+{o}": "llava_1b" for o in OPTIONS}}
 
 
 def shapes(tiny: bool) -> dict:
@@ -83,13 +89,13 @@ def _tokenizer() -> str:
     return str(out)
 
 
-def _ours_llava(s: dict, lm_cfg: dict, adapter=None, loss_chunk_size=None):
+def _ours_llava(s: dict, lm_cfg: dict, adapter=None, loss_chunk_size=None, **lm_options):
     from models.connectors import MLPConnector
     from models.language import LanguageModel
     from models.llava import LLaVA
     from models.vision import HFVision
 
-    lm = LanguageModel(config=dict(lm_cfg), tokenizer=_tokenizer(), adapter=adapter)
+    lm = LanguageModel(config=dict(lm_cfg), tokenizer=_tokenizer(), adapter=adapter, **lm_options)
     model = LLaVA(HFVision(config=dict(s["clip"]), select_layer=-2), lm, MLPConnector, loss_chunk_size=loss_chunk_size)
     model.vision.requires_grad_(False)
     if adapter is None:
@@ -115,11 +121,13 @@ def build(case: str, s: dict):
 
     from models.peft import LoRA
 
-    if case in ("llava_1b", "llava_1b_chunked", "llava_7b_lora"):
+    base, _, option = case.partition("+")
+    if base in ("llava_1b", "llava_1b_chunked", "llava_7b_lora"):
         lora = case == "llava_7b_lora"
         model = _ours_llava(s, s["lm_7b"] if lora else s["lm"],
                             adapter=LoRA(r=s["lora_r"], alpha=2 * s["lora_r"], dropout=0.0) if lora else None,
-                            loss_chunk_size=s["chunk"] if case == "llava_1b_chunked" else None)
+                            loss_chunk_size=s["chunk"] if case == "llava_1b_chunked" else None,
+                            **OPTIONS.get(option, {}))
         b = s["batch_7b"] if lora else s["batch"]
         batch = _llava_batch(model, s, b, model.language.image_token_id, 1)
         return batch, model, lambda m, x: m(**x)[1], b * (s["text"] + model.num_image_tokens), b
@@ -294,7 +302,8 @@ def run_case(case: str, args) -> dict:
     model.to(device).train()
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if cuda else torch.optim.AdamW(params, lr=1e-5)
+    fused = cuda and not case.endswith("+unfused")
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if fused else torch.optim.AdamW(params, lr=1e-5)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
@@ -346,22 +355,22 @@ def collect(cases: list[str], args) -> dict[str, dict]:
 
 def table(results: dict[str, dict]) -> str:
     peak = results.get("matmul_peak", {}).get("tflops")
-    head = f"{'case':<18} {'tokens/s':>10} {'samples/s':>10} {'TFLOP/s':>9} {'MFU':>6} {'memory GiB':>10} {'vs peer':>14}"
+    head = f"{'case':<20} {'tokens/s':>10} {'samples/s':>10} {'TFLOP/s':>9} {'MFU':>6} {'memory GiB':>10} {'vs peer':>14}"
     lines = [head, "-" * len(head)]
     if peak:
-        lines.append(f"{'matmul_peak':<18} {'':>10} {'':>10} {peak:>9.2f} {'1.00':>6}")
+        lines.append(f"{'matmul_peak':<20} {'':>10} {'':>10} {peak:>9.2f} {'1.00':>6}")
     for case, r in results.items():
         if case == "matmul_peak":
             continue
         if "error" in r:
-            lines.append(f"{case:<18} not run: {r['error']}")
+            lines.append(f"{case:<20} not run: {r['error']}")
             continue
         mfu = f"{r['tflops'] / peak:.2f}" if peak else "-"
         peer = results.get(PEERS.get(case, ""), {})
         vs = ""
         if "tokens_per_s" in peer:
             vs = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x {PEERS[case]}"
-        lines.append(f"{case:<18} {r['tokens_per_s']:>10.0f} {r['samples_per_s']:>10.2f} {r['tflops']:>9.3f} "
+        lines.append(f"{case:<20} {r['tokens_per_s']:>10.0f} {r['samples_per_s']:>10.2f} {r['tflops']:>9.3f} "
                      f"{mfu:>6} {r['memory_gib']:>10.2f} {vs:>14}")
     return "\n".join(lines)
 

@@ -39,4 +39,4 @@ def test_table_has_a_row_per_case_and_ratios_to_peers(results):
 
 def test_a_failed_case_is_reported_not_fatal():
     text = table({"flamingo_1b_of": {"error": "ModuleNotFoundError: open_flamingo is not installed"}})
-    assert "flamingo_1b_of     not run: ModuleNotFoundError" in text
+    assert "flamingo_1b_of       not run: ModuleNotFoundError" in text

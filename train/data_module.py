@@ -52,18 +52,21 @@ class ConversationDataModule(L.LightningDataModule):
         model, template = module.model, module.template
         module.type_groups = self.type_groups
         self.pad_id = model.tokenizer.pad_token_id
-        self.packer = None
-        if self.pack_length is not None:
-            if not isinstance(model, LLaVA):
-                raise ValueError(f"data.pack_length: packing needs a LLaVA-style model (images spliced into the "
-                                 f"sequence); {type(model).__name__} attends to images by cross-attention")
-            self.packer = PackingCollator(self.pad_id, model.language.image_token_id, model.num_image_tokens,
-                                          self.pack_length)
+        self.packer = self.build_packer(model)
         self.train_set = self.build_train_set(model, template)
         self.val_set = None
         if self.val_qa:
             self.val_set = QADataset(self.val_qa, model.tokenizer, template, model.vision.transform(train=False),
                                      limit=self.max_val_samples)
+
+    def build_packer(self, model) -> PackingCollator | None:
+        if self.pack_length is None:
+            return None
+        if not isinstance(model, LLaVA):
+            raise ValueError(f"data.pack_length: packing needs a LLaVA-style model (images spliced into the "
+                             f"sequence); {type(model).__name__} attends to images by cross-attention")
+        return PackingCollator(model.tokenizer.pad_token_id, model.language.image_token_id, model.num_image_tokens,
+                               self.pack_length)
 
     def build_train_set(self, model, template):
         return ConversationDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),

@@ -163,7 +163,9 @@ class VLMModule(L.LightningModule):
             self.skipped_samples += part["skipped"]
             if "input_ids" not in part:
                 continue  # the whole batch (of this source) was unreadable
-            _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"])
+            packed = {"segment_ids": part["segment_ids"]} if "segment_ids" in part else {}  # data.packing
+            _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"],
+                                 **packed)
             check_finite_loss(loss, self.global_step, batch_idx)
             n = part["input_ids"].shape[0]
             if name:
