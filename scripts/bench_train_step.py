@@ -1,7 +1,8 @@
 """Training-step speed, ours vs the peers, on the same shapes and random weights, in one table.
 
     python -m scripts.bench_train_step              # GPU shapes (CLIP ViT-L/14-336 + 1.1B / 7B llama)
-    python -m scripts.bench_train_step --tiny       # the same cases at toy sizes (CPU, tested in CI)
+    python -m scripts.bench_train_step --size tiny  # the same cases at toy sizes (CPU, tested in CI)
+    python -m scripts.bench_train_step --size small # ~30M-parameter shapes, for a CPU measurement
     python -m scripts.bench_train_step --cases llava_1b,llava_1b_hf
 
 Cases (a case and its peer share every shape, dtype, optimizer and batch):
@@ -62,10 +63,21 @@ PEERS = {"llava_1b": "llava_1b_hf", "llava_1b_chunked": "llava_1b", "llava_7b_lo
          "flamingo_1b": "flamingo_1b_of", "mix_packed": "mix_padded", **{f"llava_1b+{o}": "llava_1b" for o in OPTIONS}}
 
 
-def shapes(tiny: bool) -> dict:
+def shapes(size: str) -> dict:
     from models.interop import arch_config
 
-    if tiny:
+    if size == "small":
+        lm = {**LLAMA_TINY, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
+              "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 8000}
+        clip = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
+                "image_size": 112, "patch_size": 14, "projection_dim": 256}
+        open_clip = {"embed_dim": 256, "vision_cfg": {"image_size": 112, "layers": 4, "width": 256, "head_width": 64,
+                                                      "patch_size": 14},
+                     "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+        return {"lm": lm, "lm_7b": {**lm, "hidden_size": 768, "num_attention_heads": 12}, "clip": clip,
+                "open_clip": open_clip, "batch": 4, "batch_7b": 4, "text": 128, "lora_r": 16, "mix_batch": 16,
+                "mix_lengths": (16, 64, 384), "chunk": 128, "matmul": 1024}
+    if size == "tiny":
         return {"lm": LLAMA_TINY, "lm_7b": {**LLAMA_TINY, "hidden_size": 96, "num_attention_heads": 4},
                 "clip": CLIP_TINY, "open_clip": OPEN_CLIP_TINY, "batch": 2, "batch_7b": 2, "text": 32,
                 "lora_r": 8, "mix_batch": 16, "mix_lengths": (4, 16, 64), "chunk": 16, "matmul": 512}
@@ -290,7 +302,7 @@ def run_case(case: str, args) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    s = shapes(args.tiny)
+    s = shapes(args.size)
     cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -342,7 +354,7 @@ def collect(cases: list[str], args) -> dict[str, dict]:
     results = {}
     for case in cases:
         cmd = [sys.executable, "-m", "scripts.bench_train_step", "--case", case, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), *(["--tiny"] if args.tiny else []), *(["--cpu"] if args.cpu else [])]
+               "--warmup", str(args.warmup), "--size", args.size, *(["--cpu"] if args.cpu else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -377,7 +389,8 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="toy shapes (CPU)")
+    p.add_argument("--size", choices=["full", "small", "tiny"], default="full",
+                   help="full: the issue's GPU shapes; small / tiny: scaled down for a CPU")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is available")
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process

@@ -6,7 +6,7 @@ import pytest
 
 from scripts.bench_train_step import PEERS, run_case, table
 
-ARGS = Namespace(tiny=True, cpu=True, steps=1, warmup=1)
+ARGS = Namespace(size="tiny", cpu=True, steps=1, warmup=1)
 
 
 @pytest.fixture(scope="module")
