@@ -141,18 +141,20 @@ class Bottleneck:
 
 Adapter = LoRA | LlamaAdapter | Bottleneck
 
-OptimizerName = Literal["adamw", "paged_adamw", "paged_adamw_8bit", "adamw_8bit"]
+OptimizerName = Literal["adamw", "adamw_fused", "paged_adamw", "paged_adamw_8bit", "adamw_8bit"]
 
 
 def build_optimizer(name: OptimizerName, param_groups, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                     weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW variants. Paged states live in CUDA unified memory and page out under pressure
-    (QLoRA's fix for memory spikes); on CPU bitsandbytes falls back to ordinary state (it warns)."""
+    """AdamW variants. `adamw_fused`: torch's single-kernel AdamW (CUDA and CPU), the same update
+    as `adamw` in fewer launches. Paged states live in CUDA unified memory and page out under
+    pressure (QLoRA's fix for memory spikes); on CPU bitsandbytes falls back to ordinary state (it warns)."""
     bnb_names = {"paged_adamw": "PagedAdamW", "paged_adamw_8bit": "PagedAdamW8bit", "adamw_8bit": "AdamW8bit"}
-    if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name in ("adamw", "adamw_fused"):
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay,
+                                 fused=name == "adamw_fused")
     if name not in bnb_names:
-        raise ValueError(f"optimizer {name!r} unknown; choose one of {sorted(['adamw', *bnb_names])}")
+        raise ValueError(f"optimizer {name!r} unknown; choose one of {sorted(['adamw', 'adamw_fused', *bnb_names])}")
     cls = getattr(bitsandbytes().optim, bnb_names[name])
     return cls(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
 

@@ -177,7 +177,20 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(tok):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["adamw", "paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
+def test_fused_adamw_takes_the_same_steps():
+    params = [nn.Parameter(torch.randn(16, 8)) for _ in range(2)]
+    for name in ("adamw", "adamw_fused"):
+        torch.manual_seed(0)
+        p = nn.Parameter(torch.randn(16, 8))
+        opt = build_optimizer(name, [{"params": [p], "weight_decay": 0.1}], lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad(); (p.sin() ** 2).sum().backward(); opt.step()
+        params[name == "adamw_fused"] = p
+    assert opt.defaults["fused"]
+    torch.testing.assert_close(params[1], params[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw_fused", "paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
 def test_optimizers_step_on_cpu(name):
     p = nn.Parameter(torch.randn(64, 128))  # >= 4096 elements, so 8-bit variants really use 8-bit state
     start = p.detach().clone()
