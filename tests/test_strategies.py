@@ -130,6 +130,7 @@ class RecordFSDP(L.Callback):
         (self.out_dir / f"rank{rank}.json").write_text(json.dumps({
             "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size, "units": sorted(units),
             "checkpointed": sorted(ckpt), "losses": self.losses, "local_params": local,
+            "counted_params": sum(total for _, total, _ in pl_module._parameter_counts),
             "hf_checkpointing": pl_module.model.language.model.is_gradient_checkpointing}))
 
 
@@ -171,6 +172,7 @@ def test_two_process_fsdp_on_cpu(tmp_path):
     weights = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     total = sum(w.numel() for w in weights[0].values())
     assert sum(r["local_params"] for r in records) == total  # sharded: each rank held its part only
+    assert all(r["counted_params"] == total for r in records)  # the logged table counts the whole model
     assert all(r["local_params"] < 0.75 * total for r in records)
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:

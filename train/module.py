@@ -145,9 +145,13 @@ class VLMModule(L.LightningModule):
     def parts(self) -> tuple[str, ...]:
         return tuple(p for p in PARTS if isinstance(getattr(self.model, p, None), nn.Module))
 
+    def setup(self, stage: str) -> None:
+        # counted before a sharding strategy (FSDP) wraps the model: afterwards a rank holds a shard
+        self._parameter_counts = self.parameter_table()
+
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
-        table = self.parameter_table()
+        table = getattr(self, "_parameter_counts", None) or self.parameter_table()
         lines = [f"stage {self.stage!r}: trainable parameters per module", f"{'module':<10} {'total':>12} {'trainable':>12}"]
         lines += [f"{name:<10} {total:>12,} {trainable:>12,}" for name, total, trainable in table]
         rank_zero_info("\n".join(lines))
