@@ -14,6 +14,8 @@ Pipeline YAML:
          set: {trainer.max_steps: 300, model.init_args.export_path: "{clip}/open_clip.pt"}}
       - {name: eval_sft, eval: {ckpt: "{sft}/checkpoints/last.ckpt", tasks: [vqa], data: {vqa: ...}}}
       - {name: report, report: {variants: [sft, ...]}}
+Curation stages (configs/pipelines/curation.yaml): `noise` (known noise injected into shards),
+`curate` (`chimera curate` into the stage directory), `conversations` (shards -> LLaVA JSON).
 `{stage}` in any string is replaced by that stage's directory; `{out}` by the pipeline's.
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-STAGE_KINDS = ("data", "fit", "eval", "report")
+STAGE_KINDS = ("data", "noise", "curate", "conversations", "fit", "eval", "report")
 
 
 def load_pipeline(path: str | Path) -> dict:
@@ -154,6 +156,38 @@ class Pipeline:
         else:
             raise ValueError(f"stage {stage['name']!r}: unknown world {world!r} (shapes, sort-of-clevr)")
         write(stage_dir, **args)
+
+    def _run_noise(self, stage: dict, stage_dir: Path) -> None:
+        from data.curation.noise import inject_noise
+
+        args = dict(stage["noise"])
+        if "src" not in args:
+            raise ValueError(f"stage {stage['name']!r}: `noise` needs `src` (the clean shards' pattern)")
+        self.log(f"[pipeline] {stage['name']}: {inject_noise(args.pop('src'), stage_dir, **args)['counts']}")
+
+    def _run_curate(self, stage: dict, stage_dir: Path) -> None:
+        """`curate: {config: YAML or mapping, in: [[NAME=]PATTERN, ...], models: {step name: model spec}}`;
+        `models` points a step at a checkpoint of an earlier stage (e.g. `{clip}`)."""
+        from data.curation.curate import curate
+
+        spec = dict(stage["curate"])
+        unknown = set(spec) - {"config", "in", "models"}
+        if unknown or "config" not in spec or "in" not in spec:
+            raise ValueError(f"stage {stage['name']!r}: `curate` takes config, in and optional models; "
+                             f"got {sorted(spec)}")
+        inputs = [spec["in"]] if isinstance(spec["in"], str) else spec["in"]
+        report = curate(spec["config"], inputs, stage_dir, models=spec.get("models"))
+        self.log(f"[pipeline] {stage['name']}: kept {report['kept']} of {report['input']}")
+
+    def _run_conversations(self, stage: dict, stage_dir: Path) -> None:
+        """`conversations: {shards: PATTERN or list, prompt?: ...}` -> `<stage>/train.json` + images."""
+        from data.curation.conversations import shards_to_llava
+
+        spec = dict(stage["conversations"])
+        if "shards" not in spec:
+            raise ValueError(f"stage {stage['name']!r}: `conversations` needs `shards`")
+        summary = shards_to_llava(spec.pop("shards"), stage_dir, **spec)
+        self.log(f"[pipeline] {stage['name']}: {summary['samples']} conversations, {summary['skipped']} skipped")
 
     def _run_fit(self, stage: dict, stage_dir: Path) -> None:
         from train.cli import main

@@ -6,9 +6,10 @@ runs a configured chain (see `data.curation.curate`); the pieces are usable on t
     text_quality   GopherQuality, CaptionQuality and the single rules
     minhash        MinHasher, MinHashDeduper, optimal_bands_rows, connected_components
     image_dedup    phash, PHashDeduper, semdedup, embed_images
-    clip_score     clip_scores, select_by_score
+    clip_score     clip_scores, select_by_score, build_model (incl. a `clip` stage checkpoint)
     mixtures       MixtureStream, mixture_probabilities, MixtureImageTextDataModule
     noise          inject_noise (known noise for Shapes), step_precision_recall
+    conversations  shards_to_llava: kept pairs -> LLaVA caption conversations for training
 """
 
 from data.curation.clip_score import clip_scores, select_by_score

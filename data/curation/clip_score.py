@@ -53,10 +53,14 @@ def select_by_score(scores: np.ndarray, threshold: float | None = None,
 
 
 def build_model(spec):
-    """A scoring model from config: an object already, `{"class_path", "init_args"}`, or
-    `ContrastiveDualEncoder` keyword arguments (`model_name`/`model_config`, `pretrained`)."""
+    """A scoring model from config: an object already; `{"checkpoint": PATH}`, a `chimera fit`
+    checkpoint of the `clip` stage (its architecture travels inside, so the curation YAML need not
+    repeat it); `{"class_path", "init_args"}`; or `ContrastiveDualEncoder` keyword arguments
+    (`model_name`/`model_config`, `pretrained` = an open_clip tag or the stage's `open_clip.pt`)."""
     if not isinstance(spec, dict):
         return spec
+    if "checkpoint" in spec:
+        return load_clip_checkpoint(spec["checkpoint"], **{k: v for k, v in spec.items() if k != "checkpoint"})
     if "class_path" in spec:
         import importlib
 
@@ -66,3 +70,21 @@ def build_model(spec):
     from models.clip import ContrastiveDualEncoder
 
     return ContrastiveDualEncoder(**spec).eval()
+
+
+def load_clip_checkpoint(path: str, **unexpected):
+    """The dual encoder inside a `chimera fit` checkpoint of the `clip` stage (e.g.
+    `runs/<pipeline>/clip/checkpoints/last.ckpt`)."""
+    from pathlib import Path
+
+    if unexpected:
+        raise ValueError(f"a `checkpoint` model spec takes no other keys, got {sorted(unexpected)}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"CLIP checkpoint not found: {path} (train the `clip` stage first)")
+    from train.checkpoint import load_module
+
+    model = getattr(load_module(path), "model", None)
+    if not all(hasattr(model, a) for a in ("encode_image", "encode_text", "tokenize", "transform")):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a contrastive dual encoder: "
+                         "CLIP scoring needs a checkpoint of the `clip` stage (train.clip_module.CLIPModule)")
+    return model.eval()
