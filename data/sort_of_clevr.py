@@ -12,10 +12,18 @@ non-relational and ten relational questions per image. Differences, on purpose:
 - Questions and answers are strings, not one-hot vectors.
 - `count` counts the object itself ("1".."6"); ties in closest/furthest go to the
   earlier colour in `COLORS` (the original's argmin/argmax does the same).
+
+Optionally (`shards=True`) each split is also written as webdataset image-caption shards like
+the Shapes world's (`shards/{split}-NNNNNN.tar` holding `key.png`, `key.txt`, `key.json`) for the
+contrastive `clip` stage. The caption lists every object, in `COLORS` order, with its colour,
+shape and coarse position, the same halves the non-relational questions ask about, e.g.
+"red circle top left, green square bottom right, ...". Captions use no randomness, so the
+images and questions are identical with and without shards.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +35,14 @@ from data.writers import (
     check_positive,
     image_relpath,
     llava_record,
+    png_bytes,
     qa_rows,
     qa_texts,
     record_id,
-    save_png,
     stream_rng,
     write_json,
     write_jsonl,
+    write_shards,
 )
 
 __all__ = [
@@ -49,8 +58,10 @@ __all__ = [
     "Scene",
     "answer",
     "ask",
+    "caption",
     "render",
     "sample_scene",
+    "scene_json",
     "write_sort_of_clevr",
 ]
 
@@ -151,6 +162,38 @@ def answer(scene: Scene, color: str, qtype: str) -> str:
     raise ValueError(f"unknown question type {qtype!r}; expected one of {QUESTION_TYPES}")
 
 
+def caption(scene: Scene) -> str:
+    """Every object in `COLORS` order: "red circle top left, green square bottom right, ...".
+
+    Positions are the halves the non-relational questions use (`answer`'s vertical, horizontal).
+    """
+    return ", ".join(
+        f"{o.color} {o.shape} {answer(scene, o.color, 'vertical')} {answer(scene, o.color, 'horizontal')}"
+        for o in scene.objects
+    )
+
+
+def scene_json(scene: Scene) -> dict:
+    """The scene's objects (centre pixel and the caption's coarse position) as JSON."""
+    return {
+        "objects": [
+            {
+                "color": o.color,
+                "shape": o.shape,
+                "cx": o.cx,
+                "cy": o.cy,
+                "vertical": answer(scene, o.color, "vertical"),
+                "horizontal": answer(scene, o.color, "horizontal"),
+            }
+            for o in scene.objects
+        ]
+    }
+
+
+def _shard_sample(key: str, png: bytes, scene: Scene) -> dict:
+    return {"__key__": key, "png": png, "txt": caption(scene).encode(), "json": json.dumps(scene_json(scene)).encode()}
+
+
 def question(color: str, qtype: str) -> str:
     return TEMPLATES[qtype].format(c=color)
 
@@ -170,18 +213,30 @@ def ask(scene: Scene, rng: np.random.Generator, n_nonrel: int = 10, n_rel: int =
     return qas
 
 
-def _write_split(root: Path, split: str, n_images: int, seed: int, n_q: int) -> tuple[list[dict], list[dict]]:
-    """Render one split's images; returns (LLaVA records, flat QA rows)."""
+def _write_split(
+    root: Path, split: str, n_images: int, seed: int, n_q: int, shard_size: int | None = None
+) -> tuple[list[dict], list[dict], list[str]]:
+    """Render one split's images; returns (LLaVA records, flat QA rows, shard paths).
+
+    With `shard_size`, the same images (and their captions) also go into
+    `shards/{split}-NNNNNN.tar`; otherwise no shards are written.
+    """
     rng = stream_rng(seed, split)
-    records, rows = [], []
+    records, rows, samples = [], [], []
     for i in range(n_images):
         scene = sample_scene(rng)
         qas = ask(scene, rng, n_q, n_q)
         qas = [qas[k] for k in rng.permutation(len(qas))]
-        save_png(render(scene), root / image_relpath(split, i))
+        png = png_bytes(render(scene))
+        path = root / image_relpath(split, i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
         records.append(llava_record(record_id(split, i), image_relpath(split, i), qas))
         rows.extend(qa_rows(split, i, qas))
-    return records, rows
+        if shard_size is not None:
+            samples.append(_shard_sample(record_id(split, i), png, scene))
+    shards = [] if shard_size is None else [str(p) for p in write_shards(root / "shards", split, samples, shard_size)]
+    return records, rows, shards
 
 
 def write_sort_of_clevr(
@@ -190,8 +245,13 @@ def write_sort_of_clevr(
     val_images: int = 200,
     seed: int = 0,
     questions_per_image: int = 10,
+    shards: bool = False,
+    shard_size: int = 1000,
 ) -> dict:
     """Write the dataset (images, LLaVA json, val_qa.jsonl, tokenizer/, meta.json) under `out`.
+
+    With `shards`, also image-caption webdataset shards `shards/{train,val}-NNNNNN.tar` of
+    `shard_size` samples (`key.png`, `key.txt` caption, `key.json` scene) for the `clip` stage.
 
     `questions_per_image` is per kind: each image gets that many non-relational AND
     that many relational questions. Train and val use independent random streams
@@ -200,11 +260,15 @@ def write_sort_of_clevr(
     check_positive("train_images", train_images)
     check_positive("val_images", val_images)
     check_positive("questions_per_image", questions_per_image)
+    check_positive("shard_size", shard_size)
+    if not isinstance(shards, bool):
+        raise ValueError(f"shards must be true or false, got {shards!r}")
+    size = shard_size if shards else None
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
 
-    train, _ = _write_split(root, "train", train_images, seed, questions_per_image)
-    val, val_rows = _write_split(root, "val", val_images, seed, questions_per_image)
+    train, _, train_shards = _write_split(root, "train", train_images, seed, questions_per_image, size)
+    val, val_rows, val_shards = _write_split(root, "val", val_images, seed, questions_per_image, size)
     write_json(root / "train.json", train)
     write_json(root / "val.json", val)
     write_jsonl(root / "val_qa.jsonl", val_rows)
@@ -220,12 +284,14 @@ def write_sort_of_clevr(
         "shapes": list(SHAPES),
         "question_types": {"non_relational": list(NON_RELATIONAL), "relational": list(RELATIONAL)},
         "templates": TEMPLATES,
+        **({"shard_size": shard_size} if shards else {}),
     }
     counts = {
         "train_images": len(train),
         "val_images": len(val),
         "train_questions": sum(len(r["types"]) for r in train),
         "val_questions": len(val_rows),
+        **({"train_shards": len(train_shards), "val_shards": len(val_shards)} if shards else {}),
     }
     write_json(root / "meta.json", {"generator": "sort_of_clevr", "seed": seed, "params": params, "counts": counts}, 2)
     return {
@@ -235,5 +301,6 @@ def write_sort_of_clevr(
         "val_qa": str(root / "val_qa.jsonl"),
         "tokenizer": str(root / "tokenizer"),
         "meta": str(root / "meta.json"),
+        **({"shards": {"train": train_shards, "val": val_shards}} if shards else {}),
         **counts,
     }

@@ -17,6 +17,7 @@ from data.sort_of_clevr import (
     Scene,
     answer,
     ask,
+    caption,
     render,
     sample_scene,
     write_sort_of_clevr,
@@ -227,8 +228,55 @@ def test_val_independent_of_train_size(tmp_path):
         ({"val_images": -1}, "val_images"),
         ({"questions_per_image": 0}, "questions_per_image"),
         ({"seed": -3}, "seed"),
+        ({"shards": True, "shard_size": 0}, "shard_size"),
+        ({"shards": "yes"}, "shards"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
         write_sort_of_clevr(tmp_path, **{"train_images": 1, "val_images": 1, **kwargs})
+
+
+def test_caption_lists_every_object():
+    assert caption(HAND) == ("red square top left, green circle top left, blue circle bottom right, "
+                             "orange square bottom right, gray square bottom left, yellow square top right")
+
+
+def test_caption_shards_hold_the_scenes(tmp_path):
+    import io
+    import tarfile
+
+    plain = small(tmp_path / "plain")
+    summary = write_sort_of_clevr(tmp_path / "s", train_images=4, val_images=3, questions_per_image=2,
+                                  shards=True, shard_size=3)
+    assert "shards" not in plain and not (tmp_path / "plain/shards").exists()
+    # shards change nothing else: same images, questions and tokenizer
+    with_shards = {k: v for k, v in files(tmp_path / "s").items() if not k.startswith("shards/") and k != "meta.json"}
+    assert with_shards == {k: v for k, v in files(tmp_path / "plain").items() if k != "meta.json"}
+    assert [Path(p).name for p in summary["shards"]["train"]] == ["train-000000.tar", "train-000001.tar"]
+    assert summary["train_shards"] == 2 and summary["val_shards"] == 1
+
+    for split, n in (("train", 4), ("val", 3)):
+        members: dict[str, bytes] = {}
+        for shard in sorted((tmp_path / "s/shards").glob(f"{split}-*.tar")):
+            with tarfile.open(shard) as tar:
+                members.update({m.name: tar.extractfile(m).read() for m in tar.getmembers()})
+        assert sorted(members) == sorted(f"{split}-{i:06d}.{ext}" for i in range(n) for ext in ("json", "png", "txt"))
+        rng = stream_rng(0, split)  # replay the split's stream: the scene behind each image
+        for i in range(n):
+            s = sample_scene(rng)
+            qas = ask(s, rng, 2, 2)
+            rng.permutation(len(qas))
+            key = f"{split}-{i:06d}"
+            assert members[f"{key}.png"] == (tmp_path / f"s/images/{split}/{i:06d}.png").read_bytes()
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(members[f"{key}.png"]))), render(s))
+            objs = json.loads(members[f"{key}.json"])["objects"]
+            assert [(o["color"], o["shape"], o["cx"], o["cy"]) for o in objs] == [
+                (o.color, o.shape, o.cx, o.cy) for o in s.objects]
+            words = [part.split() for part in members[f"{key}.txt"].decode().split(", ")]
+            assert len(words) == 6
+            for (color, shape, vertical, horizontal), o in zip(words, s.objects):
+                assert (color, shape) == (o.color, o.shape)
+                assert vertical == ("top" if o.cy < IMAGE_SIZE / 2 else "bottom")
+                assert horizontal == ("left" if o.cx < IMAGE_SIZE / 2 else "right")
+                assert vertical == answer(s, color, "vertical") and horizontal == answer(s, color, "horizontal")

@@ -34,6 +34,9 @@ def data_main(argv: list[str]) -> None:
     soc.add_argument("--questions-per-image", type=int, default=10,
                      help="non-relational and relational questions per image (each)")
     soc.add_argument("--seed", type=int, default=0)
+    soc.add_argument("--shards", action="store_true",
+                     help="also write image-caption webdataset shards (shards/{train,val}-*.tar) for a clip stage")
+    soc.add_argument("--shard-size", type=int, default=1000)
     shp = sub.add_parser("shapes", help="Shapes world: captions, VQA, POPE probes, webdataset shards")
     shp.add_argument("--out", required=True)
     shp.add_argument("--train-images", type=int, default=2000)
@@ -71,7 +74,8 @@ def data_main(argv: list[str]) -> None:
         from data.sort_of_clevr import write_sort_of_clevr
 
         summary = write_sort_of_clevr(args.out, train_images=args.train_images, val_images=args.val_images,
-                                      seed=args.seed, questions_per_image=args.questions_per_image)
+                                      seed=args.seed, questions_per_image=args.questions_per_image,
+                                      shards=args.shards, shard_size=args.shard_size)
     else:
         from data.shapes import write_shapes
 
