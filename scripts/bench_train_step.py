@@ -239,7 +239,9 @@ def _open_flamingo(s: dict):
 
 
 def _length_mix(s: dict, packed: bool):
-    """A LLaVA-like mix: 70% short, 25% medium, 5% long text per sample, each with one image."""
+    """A LLaVA-like mix, each sample with one image: 5% (at least one) long, 25% medium, the rest
+    short texts, lengths uniform in [max/4, max] of their class. Packed rows are as long as the
+    longest sample (what padding makes every row), so attention per row costs the same."""
     import torch
 
     from data.collate import Collator
@@ -249,9 +251,10 @@ def _length_mix(s: dict, packed: bool):
     g = torch.Generator().manual_seed(0)
     short, medium, long = s["mix_lengths"]
     items = []
-    for _ in range(s["mix_batch"]):
-        u = torch.rand((), generator=g).item()
-        hi = short if u < 0.70 else medium if u < 0.95 else long
+    n_long = max(1, round(0.05 * s["mix_batch"]))
+    n_medium = round(0.25 * s["mix_batch"])
+    classes = [long] * n_long + [medium] * n_medium + [short] * (s["mix_batch"] - n_long - n_medium)
+    for hi in classes:
         n = int(torch.randint(max(2, hi // 4), hi + 1, (), generator=g))
         ids = torch.cat([torch.tensor([model.language.image_token_id]), torch.randint(10, 200, (n,), generator=g)])
         labels = ids.clone()
