@@ -55,6 +55,28 @@ def test_pipeline_runs_skips_and_reports(tmp_path):
                                                            for s in ("data", "sft", "eval_sft", "report")]
 
 
+def test_an_edited_config_reruns_its_stage_and_what_reads_it(tmp_path):
+    path = _pipeline(tmp_path, steps=2)
+    Pipeline(path, log=lambda m: None).run()
+    out = tmp_path / "out"
+    before = (out / "sft" / "checkpoints" / "last.ckpt").read_bytes()
+    exp_path = tmp_path / "exp.yaml"
+    exp = yaml.safe_load(exp_path.read_text())
+    exp["model"]["init_args"]["lr"] = 1e-4  # the experiment file changes, the pipeline file does not
+    exp_path.write_text(yaml.safe_dump(exp))
+    logs = []
+    Pipeline(path, log=logs.append).run()
+    assert "[pipeline] data: complete, skipped" in logs
+    for stage in ("sft", "eval_sft", "report"):  # the edited stage and every stage reading from it
+        assert f"[pipeline] {stage}: running" in logs, stage
+        kept = list(out.glob(f"{stage}.previous-*"))
+        assert len(kept) == 1 and (kept[0] / "complete.json").is_file()  # nothing written is lost
+    assert not any("resuming" in line for line in logs)  # a fresh run, not the old final checkpoint
+    kept_ckpt = next(out.glob("sft.previous-*")) / "checkpoints" / "last.ckpt"
+    assert kept_ckpt.read_bytes() == before
+    assert (out / "sft" / "checkpoints" / "last.ckpt").read_bytes() != before
+
+
 def test_interrupted_fit_resumes_from_last_checkpoint(tmp_path):
     path = _pipeline(tmp_path, steps=4)
     Pipeline(path, log=lambda m: None).run(only=["data", "sft"])

@@ -2,7 +2,10 @@
 eval step) plus overrides that point at earlier stages' outputs.
 
 Every stage writes into `<out>/<stage name>/`. A stage that finished writes `complete.json`
-(with a hash of its resolved spec) and is skipped on the next run; a fit stage that was
+with a digest of what it was run from: its resolved spec, the text of the config files it
+names, and the digests of the stages it reads from. It is skipped while that digest holds;
+when it changes (an edited experiment YAML, a changed upstream stage) the stage runs afresh
+and its old folder is kept beside it as `<stage name>.previous-<digest>`. A fit stage that was
 interrupted resumes from `<stage>/checkpoints/last.ckpt`. A failing stage leaves earlier
 stages' outputs untouched, so rerunning picks up where it stopped.
 
@@ -106,8 +109,28 @@ def resolved_fit_config(stage: dict, stage_dir: Path) -> dict:
     return cfg
 
 
-def _spec_hash(stage: dict) -> str:
-    return hashlib.sha256(json.dumps(stage, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _config_texts(stage: dict) -> list[str]:
+    """The text of every YAML file the stage names (experiment and curation configs)."""
+    texts = []
+
+    def visit(node) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+        elif isinstance(node, str) and node.endswith((".yaml", ".yml")) and Path(node).is_file():
+            texts.append(Path(node).read_text())
+
+    visit(stage)
+    return texts
+
+
+def _spec_hash(stage: dict, upstream: dict[str, str] | None = None) -> str:
+    blob = json.dumps({"spec": stage, "configs": _config_texts(stage), "upstream": upstream or {}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class Pipeline:
@@ -116,13 +139,33 @@ class Pipeline:
         self.out = Path(self.spec["out"])
         self.dirs = {"out": str(self.out), **{s["name"]: str(self.out / s["name"]) for s in self.spec["stages"]}}
         self.log = log
+        self.digests: dict[str, str] = {}
+        for raw in self.spec["stages"]:  # in order, so every upstream digest is known
+            text = json.dumps(raw, default=str)
+            upstream = {n: d for n, d in self.digests.items()
+                        if "{" + n + "}" in text or "report" in raw}  # a report reads every stage before it
+            self.digests[raw["name"]] = _spec_hash(_substitute(copy.deepcopy(raw), self.dirs), upstream)
 
     def stage_dir(self, name: str) -> Path:
         return Path(self.dirs[name])
 
+    def _finished_digest(self, name: str) -> str | None:
+        marker = self.stage_dir(name) / "complete.json"
+        return json.loads(marker.read_text()).get("spec_hash") if marker.is_file() else None
+
     def is_complete(self, stage: dict) -> bool:
-        marker = self.stage_dir(stage["name"]) / "complete.json"
-        return marker.is_file() and json.loads(marker.read_text()).get("spec_hash") == _spec_hash(stage)
+        return self._finished_digest(stage["name"]) == self.digests[stage["name"]]
+
+    def _set_aside(self, name: str, old: str) -> None:
+        """A finished stage whose digest changed: keep its outputs beside the new run's."""
+        src = self.stage_dir(name)
+        dst = src.with_name(f"{name}.previous-{old}")
+        k = 1
+        while dst.exists():
+            dst, k = src.with_name(f"{name}.previous-{old}-{k}"), k + 1
+        src.rename(dst)
+        self.log(f"[pipeline] {name}: its spec, configs or inputs changed since it finished; "
+                 f"earlier outputs moved to {dst}")
 
     def run(self, only: list[str] | None = None) -> None:
         for raw in self.spec["stages"]:
@@ -133,6 +176,9 @@ class Pipeline:
             if self.is_complete(stage):
                 self.log(f"[pipeline] {name}: complete, skipped")
                 continue
+            old = self._finished_digest(name)
+            if old is not None:
+                self._set_aside(name, old)
             stage_dir = self.stage_dir(name)
             stage_dir.mkdir(parents=True, exist_ok=True)
             self.log(f"[pipeline] {name}: running")
@@ -141,7 +187,7 @@ class Pipeline:
             getattr(self, f"_run_{kind}")(stage, stage_dir)
             seconds = time.perf_counter() - start
             (stage_dir / "complete.json").write_text(json.dumps(
-                {"spec_hash": _spec_hash(stage), "seconds": seconds, "kind": kind}, indent=2) + "\n")
+                {"spec_hash": self.digests[name], "seconds": seconds, "kind": kind}, indent=2) + "\n")
             self.log(f"[pipeline] {name}: done in {seconds / 60:.1f} min")
 
     # -- stage kinds -------------------------------------------------------------------
