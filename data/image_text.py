@@ -40,7 +40,7 @@ def image_text_pipeline(urls: list[str], transform: Callable, train: bool, shuff
                         empty_check=False, seed=seed,  # shards split across DDP ranks and workers
                         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
     if train:
-        ds = ds.shuffle(shuffle_buffer)
+        ds = ds.shuffle(shuffle_buffer, seed=seed)  # webdataset seeds it from the clock otherwise
     return (ds.decode("pil", handler=_warn_and_skip)
               .to_tuple("png;jpg;jpeg", "txt", handler=_warn_and_skip)
               .map_tuple(transform, str.strip, handler=_warn_and_skip))

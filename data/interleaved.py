@@ -98,7 +98,7 @@ def interleaved_pipeline(urls: list[str], to_sample: InterleavedSamples, train: 
     ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, handler=_skip, empty_check=False, seed=seed,
                         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
     if train:
-        ds = ds.shuffle(shuffle_buffer)
+        ds = ds.shuffle(shuffle_buffer, seed=seed)  # webdataset seeds it from the clock otherwise
     return ds.decode("pil", handler=_skip).map(to_sample, handler=_skip)
 
 
