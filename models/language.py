@@ -60,7 +60,7 @@ def _load_dense_weights(model: nn.Module, ckpt_path: str) -> None:
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The repeated decoder blocks, found by the classes the model declares unsplittable
     (`_no_split_modules`, what transformers itself uses for device maps)."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
+    names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
         raise ValueError(f"{type(model).__name__} declares no decoder-layer classes (`_no_split_modules`)")

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from models.flamingo import FlamingoLayer
+from models.language import decoder_layers
 
 Sharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,8 +50,10 @@ def repeated_block_class(module: nn.Module) -> type[nn.Module] | None:
 
 def decoder_layer_classes(language: nn.Module) -> set[type[nn.Module]]:
     """The LM's decoder-layer classes: its `_no_split_modules` present in it, else its repeated block."""
-    declared = {name for m in language.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
-    found = {type(m) for m in language.modules() if type(m).__name__ in declared}
+    try:
+        found = {type(m) for m in decoder_layers(language)}
+    except ValueError:  # nothing declared: fall back to the repeated block
+        found = set()
     if not found and (block := repeated_block_class(language)) is not None:
         found = {block}
     if not found:
