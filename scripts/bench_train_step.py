@@ -109,9 +109,7 @@ def _ours_llava(s: dict, lm_cfg: dict, adapter=None, loss_chunk_size=None, **lm_
 
     lm = LanguageModel(config=dict(lm_cfg), tokenizer=_tokenizer(), adapter=adapter, **lm_options)
     model = LLaVA(HFVision(config=dict(s["clip"]), select_layer=-2), lm, MLPConnector, loss_chunk_size=loss_chunk_size)
-    model.vision.requires_grad_(False)
-    if adapter is None:
-        model.language.requires_grad_(True)
+    model.vision.requires_grad_(False)  # the LM trains whole, or its adapter only (LanguageModel's default)
     return model
 
 
