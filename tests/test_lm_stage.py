@@ -6,17 +6,33 @@ import torch
 import yaml
 
 from data.shapes import write_shapes
-from data.templates import ChatTemplate
+from data.templates import IMAGE_TOKEN, ChatTemplate
+from data.tokenize import tokenize_conversation
+from models.language import LanguageModel
 from tests.tiny import LM_CONFIG, VISION
 from train.checkpoint import build_module, load_module
 from train.cli import main
-from train.lm_module import world_text
+from train.lm_module import world_ids
 
 
-def test_world_text_drops_images_keeps_the_template():
-    rec = {"conversations": [{"from": "human", "value": "<image>\nDescribe the image."},
-                             {"from": "gpt", "value": "A red circle."}]}
-    assert world_text(rec, ChatTemplate()) == "USER: Describe the image. ASSISTANT: A red circle.</s>"
+def test_lm_stage_sees_the_ids_the_vlm_stages_see_without_the_image(tmp_path):
+    write_shapes(tmp_path, train_images=4, val_images=2, seed=0, max_objects=2)
+    lm = LanguageModel(config=dict(LM_CONFIG), tokenizer=str(tmp_path / "tokenizer"))
+    tok, template = lm.tokenizer, ChatTemplate()
+    rec = {"conversations": [{"from": "human", "value": "<image>\nIs the red circle on the left?"},
+                             {"from": "gpt", "value": "yes"},
+                             {"from": "human", "value": "Where is the red circle?"},
+                             {"from": "gpt", "value": "top left"}]}
+    vlm_ids, _ = tokenize_conversation(rec["conversations"], tok, template)
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert vlm_ids.count(image_id) == 1
+    ids = world_ids(rec, tok, template)
+    assert ids == [i for i in vlm_ids if i != image_id]
+    assert tok.decode(ids, skip_special_tokens=False).endswith("ASSISTANT: top left</s>")
+    # the control: tokenizing the rendered text in one piece merges across the turn boundaries
+    text = "".join(s.text for s in template.segments(rec["conversations"])).replace(IMAGE_TOKEN, "")
+    assert tok(text, add_special_tokens=False)["input_ids"] != ids[1:]
+    assert world_ids(rec, tok, template, max_length=5) == ids[:5]
 
 
 def test_lm_stage_lowers_perplexity_and_feeds_a_llava(tmp_path):

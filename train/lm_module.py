@@ -26,10 +26,17 @@ from train.schedule import warmup_cosine
 from train.guards import check_finite_loss
 
 
-def world_text(record: dict, template: ChatTemplate) -> str:
-    """A conversation rendered with the chat template, image placeholders removed."""
-    segs = template.segments(record["conversations"])
-    return "".join(s.text for s in segs).replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "")
+def world_ids(record: dict, tokenizer, template: ChatTemplate, max_length: int | None = None) -> list[int]:
+    """A conversation's token ids exactly as the multimodal stages tokenize it, minus the image tokens.
+
+    Tokenizing the rendered text in one piece would merge across segment and image boundaries
+    (" right" instead of "right" after "ASSISTANT: "), so the LM would learn ids the later stages
+    never show it.
+    """
+    ids, _ = tokenize_segments(template.segments(record["conversations"]), tokenizer)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids = [i for i in ids if i != image_id]
+    return ids if max_length is None else ids[:max_length]
 
 
 class TextDataset(Dataset):
@@ -44,9 +51,11 @@ class TextDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
-        text = world_text(rec, self.template) if "conversations" in rec else str(rec["text"])
-        ids, labels = tokenize_segments([Segment(text, target=True)], self.tokenizer, self.max_length)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": None}
+        if "conversations" in rec:
+            ids = world_ids(rec, self.tokenizer, self.template, self.max_length)
+        else:
+            ids, _ = tokenize_segments([Segment(str(rec["text"]), target=True)], self.tokenizer, self.max_length)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(ids), "pixel_values": None}
 
 
 class TextDataModule(L.LightningDataModule):
