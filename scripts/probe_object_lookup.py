@@ -56,7 +56,7 @@ def world_tokenizer(out: Path):
     return train_tokenizer(texts + list(SHAPES) + ["left", "right", "top", "bottom"], out)
 
 
-def run(pads: int, args: argparse.Namespace, tokenizer_dir: str) -> list[dict]:
+def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | None = None) -> list[dict]:
     """Train from scratch; one row of online accuracies per `args.every` steps."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -103,6 +103,8 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str) -> list[dict]:
             rows.append({"pads": pads, "tokens": len(COLORS) + pads, "step": step, "loss": loss.item(),
                          "seconds": time.perf_counter() - start, **acc,
                          "non_relational": sum(acc.values()) / len(acc)})
+    if save:
+        torch.save({"state_dict": {f"model.language.{k}": v for k, v in lm.state_dict().items()}}, save)
     return rows
 
 
@@ -124,14 +126,18 @@ def main() -> None:
     p.add_argument("--every", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", help="a world's tokenizer dir (default: one trained on the spot)")
+    p.add_argument("--save", help="write the last run's LM here, loadable by `LanguageModel(weights_from=...)`")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    tok_dir = Path(tempfile.mkdtemp(prefix="probe_lookup_")) / "tokenizer"
-    world_tokenizer(tok_dir)
+    tok_dir = args.tokenizer
+    if tok_dir is None:
+        tok_dir = Path(tempfile.mkdtemp(prefix="probe_lookup_")) / "tokenizer"
+        world_tokenizer(tok_dir)
     rows = []
     for pads in (int(x) for x in args.pads.split(",")):
-        rows += run(pads, args, str(tok_dir))
+        rows += run(pads, args, str(tok_dir), args.save)
         print(table(rows), flush=True)
 
 

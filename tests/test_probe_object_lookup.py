@@ -33,3 +33,15 @@ def test_probe_trains_and_reports_a_row_per_interval(tmp_path):
         assert 0 <= r["non_relational"] <= 1 and torch.isfinite(torch.tensor(r["loss"]))
     text = table(rows)
     assert text.count("\n") == 3 and "| 9 | 3 | 4 |" in text
+
+
+def test_saved_probe_lm_loads_into_a_language_model(tmp_path):
+    from models.language import LanguageModel
+    from scripts.probe_object_lookup import LM_CONFIG
+
+    world_tokenizer(tmp_path / "tok")
+    run(0, Namespace(steps=2, batch=4, lr=1e-2, every=2, seed=0), str(tmp_path / "tok"), save=str(tmp_path / "lm.ckpt"))
+    loaded = LanguageModel(config=dict(LM_CONFIG), tokenizer=str(tmp_path / "tok"), weights_from=str(tmp_path / "lm.ckpt"))
+    saved = torch.load(tmp_path / "lm.ckpt", weights_only=False)["state_dict"]
+    for name, p in loaded.state_dict().items():
+        assert torch.equal(p, saved[f"model.language.{name}"])
