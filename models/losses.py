@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from data.tokenize import IGNORE_INDEX
 
 
 def shifted_targets(labels: Tensor) -> Tensor:
