@@ -35,10 +35,10 @@ from data.writers import (
     check_positive,
     image_relpath,
     llava_record,
-    png_bytes,
     qa_rows,
     qa_texts,
     record_id,
+    save_png,
     stream_rng,
     write_json,
     write_jsonl,
@@ -227,10 +227,7 @@ def _write_split(
         scene = sample_scene(rng)
         qas = ask(scene, rng, n_q, n_q)
         qas = [qas[k] for k in rng.permutation(len(qas))]
-        png = png_bytes(render(scene))
-        path = root / image_relpath(split, i)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png)
+        png = save_png(render(scene), root / image_relpath(split, i))
         records.append(llava_record(record_id(split, i), image_relpath(split, i), qas))
         rows.extend(qa_rows(split, i, qas))
         if shard_size is not None:

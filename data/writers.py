@@ -61,9 +61,12 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_png(image: np.ndarray, path: Path) -> None:
+def save_png(image: np.ndarray, path: Path) -> bytes:
+    """Write the PNG and return its bytes (for shards that hold the same image)."""
+    png = png_bytes(image)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(image))
+    path.write_bytes(png)
+    return png
 
 
 def write_json(path: Path, obj: Any, indent: int | None = None) -> None:
