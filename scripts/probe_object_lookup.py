@@ -24,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from data.sort_of_clevr import COLORS, NON_RELATIONAL, SHAPES, TEMPLATES, Scene, answer, question, sample_scene
+from data.collate import Collator
 from data.templates import IMAGE_TOKEN, ChatTemplate
 from data.tokenize import IGNORE_INDEX, tokenize_conversation
 from data.tokenizer import train_tokenizer
 from models.connectors import MLPConnector
 from models.language import LanguageModel
+from models.losses import next_token_loss, shifted_targets
+from models.splice import splice_image_features
 
 FEATURES = len(COLORS) + len(SHAPES) + 2
 LM_CONFIG = dict(model_type="llama", hidden_size=128, intermediate_size=512, num_hidden_layers=3,
@@ -67,29 +69,28 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | Non
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     tok, template = lm.tokenizer, ChatTemplate()
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    collate = Collator(tok.pad_token_id)
     seen: dict[str, collections.deque] = {t: collections.deque(maxlen=400) for t in NON_RELATIONAL}
     rows, start = [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        embeds, labels, types = [], [], []
+        items, objects, types = [], [], []
         for _ in range(args.batch):
             scene = sample_scene(rng)
             color, qtype = list(COLORS)[rng.integers(len(COLORS))], NON_RELATIONAL[rng.integers(3)]
             conv = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question(color, qtype)}"},
                     {"from": "gpt", "value": answer(scene, color, qtype)}]
-            ids, lab = tokenize_conversation(conv, tok, template)
-            k = ids.index(image_id)
-            image = connector(scene_tokens(scene, pads, rng)[None])[0]
-            text = lm.embed(torch.tensor(ids))
-            embeds.append(torch.cat([text[:k], image, text[k + 1:]]))
-            labels.append(torch.tensor(lab[:k] + [IGNORE_INDEX] * len(image) + lab[k + 1:]))
+            ids, labels = tokenize_conversation(conv, tok, template)
+            items.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": None})
+            objects.append(scene_tokens(scene, pads, rng))
             types.append(qtype)
-        length = max(len(e) for e in embeds)
-        x = torch.stack([F.pad(e, (0, 0, 0, length - len(e))) for e in embeds])
-        y = torch.stack([F.pad(t, (0, length - len(t)), value=IGNORE_INDEX) for t in labels])
-        mask = torch.stack([torch.arange(length) < len(e) for e in embeds]).long()
-        logits, target = lm(x, attention_mask=mask)[:, :-1], y[:, 1:]
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX)
+        batch = collate(items)
+        spliced = splice_image_features(batch["input_ids"], lm.embed(batch["input_ids"]),
+                                        connector(torch.stack(objects)), image_id,
+                                        batch["attention_mask"], batch["labels"])
+        logits = lm(spliced.embeds, attention_mask=spliced.attention_mask)
+        loss = next_token_loss(logits, spliced.labels)
         with torch.no_grad():
+            target = shifted_targets(spliced.labels)
             right = ((logits.argmax(-1) == target) | (target == IGNORE_INDEX)).all(-1)
         for t, r in zip(types, right.tolist()):
             seen[t].append(r)
