@@ -21,6 +21,7 @@ import numpy as np
 from data.interleaved import write_interleaved_shards
 from data.tokenizer import train_tokenizer
 from data.writers import (
+    CAPTION_PROMPT,
     QA,
     check_positive,
     image_relpath,
@@ -55,7 +56,6 @@ POSITIONS = {
 }
 VQA_TYPES = ("color", "shape", "count", "position", "existence")
 POPE_SPLITS = ("random", "popular", "adversarial")
-CAPTION_PROMPT = "Describe the image."
 BACKGROUND = (255, 255, 255)
 
 

@@ -22,6 +22,9 @@ from data.templates import IMAGE_TOKEN
 STREAMS = ("train", "val", "probes", "preferences-train", "preferences-val", "documents-train", "documents-val")  # append only: seeds stay stable
 
 
+CAPTION_PROMPT = "Describe the image."  # every world's caption turn, and `chimera eval`'s caption prompt
+
+
 @dataclass(frozen=True)
 class QA:
     """One question with its answer and question type (used by every world)."""

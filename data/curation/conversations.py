@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data.curation.shards import IMAGE_EXTS, expand, read_shard, sample_text
-from data.writers import QA, llava_record
-
-CAPTION_PROMPT = "Describe the image."  # the Shapes training prompt and `chimera eval`'s caption prompt
+from data.writers import CAPTION_PROMPT, QA, llava_record
 
 
 def shards_to_llava(shards: str | Sequence[str], out: str | Path, prompt: str = CAPTION_PROMPT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from data.writers import CAPTION_PROMPT
 from train.evaluation.caption_metrics import bleu, cider_d
 from train.evaluation.pope_metric import parse_yes_no, pope_metrics
 from train.evaluation.scene_caption import scene_caption_metrics
@@ -75,7 +76,7 @@ class CaptionTask:
 
     name: str = "caption"
     default_file: str = "val_captions.jsonl"
-    prompt_template: str = "Describe the image."
+    prompt_template: str = CAPTION_PROMPT
     max_new_tokens: int = 48
 
     def check(self, records: list[dict], source: str) -> None:
