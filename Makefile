@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # the Sort-of-CLEVR benchmark (issue 2's tiny LLaVA from scratch; about 35 minutes)
 sort-of-clevr: $(STAMP)
-	$(BIN)/chimera data sort-of-clevr --out runs/data/sort-of-clevr --train-images 9800 --val-images 200 --seed 0
+	$(BIN)/chimera data sort-of-clevr --out runs/data/sort-of-clevr --train-images 9800 --val-images 200 --seed 0 --captions
 	$(BIN)/chimera fit --config configs/experiments/llava_sort_of_clevr_tiny.yaml
 
 test: $(STAMP)

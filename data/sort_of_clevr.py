@@ -31,6 +31,7 @@ import numpy as np
 
 from data.tokenizer import train_tokenizer
 from data.writers import (
+    CAPTION_PROMPT,
     QA,
     check_positive,
     image_relpath,
@@ -213,13 +214,20 @@ def ask(scene: Scene, rng: np.random.Generator, n_nonrel: int = 10, n_rel: int =
     return qas
 
 
+def caption_record(rid: str, image: str, scene: Scene) -> dict:
+    """A one-turn conversation asking for the scene's caption: "Describe the image." -> `caption`."""
+    return llava_record(f"{rid}-caption", image, [QA(CAPTION_PROMPT, caption(scene), "caption")])
+
+
 def _write_split(
-    root: Path, split: str, n_images: int, seed: int, n_q: int, shard_size: int | None = None
+    root: Path, split: str, n_images: int, seed: int, n_q: int, shard_size: int | None = None,
+    captions: bool = False,
 ) -> tuple[list[dict], list[dict], list[str]]:
     """Render one split's images; returns (LLaVA records, flat QA rows, shard paths).
 
     With `shard_size`, the same images (and their captions) also go into
-    `shards/{split}-NNNNNN.tar`; otherwise no shards are written.
+    `shards/{split}-NNNNNN.tar`; otherwise no shards are written. With `captions`, each image's
+    question record is followed by a caption record (`caption_record`).
     """
     rng = stream_rng(seed, split)
     records, rows, samples = [], [], []
@@ -229,6 +237,8 @@ def _write_split(
         qas = [qas[k] for k in rng.permutation(len(qas))]
         png = save_png(render(scene), root / image_relpath(split, i))
         records.append(llava_record(record_id(split, i), image_relpath(split, i), qas))
+        if captions:
+            records.append(caption_record(record_id(split, i), image_relpath(split, i), scene))
         rows.extend(qa_rows(split, i, qas))
         if shard_size is not None:
             samples.append(_shard_sample(record_id(split, i), png, scene))
@@ -244,11 +254,15 @@ def write_sort_of_clevr(
     questions_per_image: int = 10,
     shards: bool = False,
     shard_size: int = 1000,
+    captions: bool = False,
 ) -> dict:
     """Write the dataset (images, LLaVA json, val_qa.jsonl, tokenizer/, meta.json) under `out`.
 
     With `shards`, also image-caption webdataset shards `shards/{train,val}-NNNNNN.tar` of
     `shard_size` samples (`key.png`, `key.txt` caption, `key.json` scene) for the `clip` stage.
+    With `captions`, train.json and val.json also hold one caption record per image ("Describe
+    the image." -> the scene's caption): the supervision that teaches the LM to find an object
+    by its colour among the image tokens (docs/benchmarks.md, "What breaks the plateau").
 
     `questions_per_image` is per kind: each image gets that many non-relational AND
     that many relational questions. Train and val use independent random streams
@@ -258,14 +272,15 @@ def write_sort_of_clevr(
     check_positive("val_images", val_images)
     check_positive("questions_per_image", questions_per_image)
     check_positive("shard_size", shard_size)
-    if not isinstance(shards, bool):
-        raise ValueError(f"shards must be true or false, got {shards!r}")
+    for name, flag in (("shards", shards), ("captions", captions)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be true or false, got {flag!r}")
     size = shard_size if shards else None
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
 
-    train, _, train_shards = _write_split(root, "train", train_images, seed, questions_per_image, size)
-    val, val_rows, val_shards = _write_split(root, "val", val_images, seed, questions_per_image, size)
+    train, _, train_shards = _write_split(root, "train", train_images, seed, questions_per_image, size, captions)
+    val, val_rows, val_shards = _write_split(root, "val", val_images, seed, questions_per_image, size, captions)
     write_json(root / "train.json", train)
     write_json(root / "val.json", val)
     write_jsonl(root / "val_qa.jsonl", val_rows)
@@ -282,11 +297,14 @@ def write_sort_of_clevr(
         "question_types": {"non_relational": list(NON_RELATIONAL), "relational": list(RELATIONAL)},
         "templates": TEMPLATES,
         **({"shard_size": shard_size} if shards else {}),
+        **({"captions": True} if captions else {}),
     }
+    questions = [r for r in train if r["types"] != ["caption"]]
     counts = {
-        "train_images": len(train),
-        "val_images": len(val),
-        "train_questions": sum(len(r["types"]) for r in train),
+        "train_images": train_images,
+        "val_images": val_images,
+        "train_questions": sum(len(r["types"]) for r in questions),
+        **({"train_captions": len(train) - len(questions)} if captions else {}),
         "val_questions": len(val_rows),
         **({"train_shards": len(train_shards), "val_shards": len(val_shards)} if shards else {}),
     }

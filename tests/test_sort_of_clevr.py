@@ -280,3 +280,40 @@ def test_caption_shards_hold_the_scenes(tmp_path):
                 assert vertical == ("top" if o.cy < IMAGE_SIZE / 2 else "bottom")
                 assert horizontal == ("left" if o.cx < IMAGE_SIZE / 2 else "right")
                 assert vertical == answer(s, color, "vertical") and horizontal == answer(s, color, "horizontal")
+
+
+def test_caption_records_follow_their_images(tmp_path):
+    plain = small(tmp_path / "plain")
+    summary = write_sort_of_clevr(tmp_path / "c", train_images=4, val_images=3, questions_per_image=2, captions=True)
+    assert "train_captions" not in plain and summary["train_captions"] == 4
+    assert summary["train_questions"] == plain["train_questions"] == 16
+    # the images and the eval questions are unchanged; only the conversation files (and the
+    # tokenizer, which also learns the caption text) gain the caption records
+    c, p = files(tmp_path / "c"), files(tmp_path / "plain")
+    for name in [k for k in p if k.startswith("images/")] + ["val_qa.jsonl"]:
+        assert c[name] == p[name], name
+    for split, n in (("train", 4), ("val", 3)):
+        records = json.loads(c[f"{split}.json"])
+        questions = json.loads(p[f"{split}.json"])
+        assert records[0::2] == questions  # each image's question record, then its caption record
+        rng = stream_rng(0, split)
+        for i, rec in enumerate(records[1::2]):
+            s = sample_scene(rng)
+            rng.permutation(len(ask(s, rng, 2, 2)))
+            assert rec == {"id": f"{split}-{i:06d}-caption", "image": f"images/{split}/{i:06d}.png", "types": ["caption"],
+                           "conversations": [{"from": "human", "value": "<image>\nDescribe the image."},
+                                             {"from": "gpt", "value": caption(s)}]}
+    meta = json.loads(c["meta.json"])
+    assert meta["params"]["captions"] is True and meta["counts"]["train_captions"] == 4
+    with pytest.raises(ValueError, match="captions"):
+        write_sort_of_clevr(tmp_path / "bad", train_images=1, val_images=1, captions="yes")
+
+
+def test_cli_writes_caption_records(tmp_path, capsys):
+    from train.cli import main
+
+    main(["data", "sort-of-clevr", "--out", str(tmp_path), "--train-images", "2", "--val-images", "1",
+          "--questions-per-image", "1", "--captions"])
+    records = json.loads((tmp_path / "train.json").read_text())
+    assert [r["id"] for r in records] == ["train-000000", "train-000000-caption", "train-000001", "train-000001-caption"]
+    assert '"train_captions": 2' in capsys.readouterr().out

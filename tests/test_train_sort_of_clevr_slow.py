@@ -16,7 +16,7 @@ CONFIG = "configs/experiments/llava_sort_of_clevr_tiny.yaml"
 @pytest.mark.slow
 def test_tiny_llava_learns_sort_of_clevr(tmp_path):
     data = tmp_path / "soc"
-    write_sort_of_clevr(data, train_images=9800, val_images=200, seed=0)
+    write_sort_of_clevr(data, train_images=9800, val_images=200, seed=0, captions=True)
     main(["fit", "--config", CONFIG,
           "--data.init_args.train_json", str(data / "train.json"),
           "--data.init_args.val_qa", str(data / "val_qa.jsonl"),

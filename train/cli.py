@@ -37,6 +37,8 @@ def data_main(argv: list[str]) -> None:
     soc.add_argument("--shards", action="store_true",
                      help="also write image-caption webdataset shards (shards/{train,val}-*.tar) for a clip stage")
     soc.add_argument("--shard-size", type=int, default=1000)
+    soc.add_argument("--captions", action="store_true",
+                     help="also a caption record per image (\"Describe the image.\" -> every object's colour, shape, position)")
     shp = sub.add_parser("shapes", help="Shapes world: captions, VQA, POPE probes, webdataset shards")
     shp.add_argument("--out", required=True)
     shp.add_argument("--train-images", type=int, default=2000)
@@ -75,7 +77,8 @@ def data_main(argv: list[str]) -> None:
 
         summary = write_sort_of_clevr(args.out, train_images=args.train_images, val_images=args.val_images,
                                       seed=args.seed, questions_per_image=args.questions_per_image,
-                                      shards=args.shards, shard_size=args.shard_size)
+                                      shards=args.shards, shard_size=args.shard_size,
+                                      captions=args.captions)
     else:
         from data.shapes import write_shapes
 
