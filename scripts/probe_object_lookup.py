@@ -9,8 +9,14 @@ vision problem is gone, so what is left is the LM learning to find the token of 
 Questions are the three non-relational ones, answers scored on each batch before it is learned
 from (online accuracy over the last 400 questions).
 
+`--captions` adds the caption supervision of `chimera data sort-of-clevr --captions`: `records`
+makes every other row a caption record ("Describe the image." -> every object in colour order),
+`context` puts that caption turn before each question in the same conversation. Accuracy is
+always that of the question's answer.
+
 usage: python scripts/probe_object_lookup.py [--pads 0,3,19] [--steps 750] [--batch 64] [--lr 1e-3]
                                              [--every 250] [--threads 2] [--seed 0]
+                                             [--captions none|records|context]
 """
 
 from __future__ import annotations
@@ -26,17 +32,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from data.sort_of_clevr import COLORS, NON_RELATIONAL, SHAPES, TEMPLATES, Scene, answer, question, sample_scene
+from data.sort_of_clevr import (COLORS, NON_RELATIONAL, SHAPES, TEMPLATES, Scene, answer, caption, question,
+                                sample_scene)
 from data.collate import Collator
 from data.templates import IMAGE_TOKEN, ChatTemplate
 from data.tokenize import IGNORE_INDEX, tokenize_conversation
 from data.tokenizer import train_tokenizer
+from data.writers import CAPTION_PROMPT
 from models.connectors import MLPConnector
 from models.language import LanguageModel
 from models.losses import next_token_loss, shifted_targets
 from models.splice import splice_image_features
 
 FEATURES = len(COLORS) + len(SHAPES) + 2
+CAPTIONS = ("none", "records", "context")
 LM_CONFIG = dict(model_type="llama", hidden_size=128, intermediate_size=512, num_hidden_layers=3,
                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                  tie_word_embeddings=True)
@@ -53,13 +62,35 @@ def scene_tokens(scene: Scene, pads: int, rng: np.random.Generator) -> Tensor:
 
 
 def world_tokenizer(out: Path):
-    """A tokenizer for the non-relational questions and answers, trained on the spot."""
+    """A tokenizer for the non-relational questions, their answers and captions, trained on the spot."""
     texts = [TEMPLATES[t].format(c=c) for t in NON_RELATIONAL for c in COLORS]
-    return train_tokenizer(texts + list(SHAPES) + ["left", "right", "top", "bottom"], out)
+    rng = np.random.default_rng(0)
+    captions = [CAPTION_PROMPT] + [caption(sample_scene(rng)) for _ in range(100)]
+    return train_tokenizer(texts + captions + list(SHAPES) + ["left", "right", "top", "bottom"], out)
+
+
+def conversation(scene: Scene, color: str, qtype: str, kind: str) -> list[dict]:
+    """A question row (`kind` "question"), a caption record ("caption"), or both in one ("context")."""
+    ask = [{"from": "human", "value": question(color, qtype)}, {"from": "gpt", "value": answer(scene, color, qtype)}]
+    describe = [{"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": caption(scene)}]
+    turns = {"question": ask, "caption": describe, "context": describe + ask}[kind]
+    return [{**turns[0], "value": f"{IMAGE_TOKEN}\n{turns[0]['value']}"}, *turns[1:]]
+
+
+def last_answer(targets: Tensor) -> Tensor:
+    """Mask of each row's last contiguous run of target positions: the final answer."""
+    labelled = targets != IGNORE_INDEX
+    pos = torch.arange(targets.shape[1]).expand_as(targets)
+    end = torch.where(labelled, pos, -1).max(-1, keepdim=True).values
+    gap = torch.where(~labelled & (pos < end), pos, -1).max(-1, keepdim=True).values  # last hole before the end
+    return labelled & (pos > gap)
 
 
 def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | None = None) -> list[dict]:
     """Train from scratch; one row of online accuracies per `args.every` steps."""
+    captions = getattr(args, "captions", "none")
+    if captions not in CAPTIONS:
+        raise ValueError(f"--captions must be one of {CAPTIONS}, got {captions!r}")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     lm = LanguageModel(config=dict(LM_CONFIG), tokenizer=tokenizer_dir)
@@ -74,15 +105,14 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | Non
     rows, start = [], time.perf_counter()
     for step in range(1, args.steps + 1):
         items, objects, types = [], [], []
-        for _ in range(args.batch):
+        for i in range(args.batch):
             scene = sample_scene(rng)
             color, qtype = list(COLORS)[rng.integers(len(COLORS))], NON_RELATIONAL[rng.integers(3)]
-            conv = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question(color, qtype)}"},
-                    {"from": "gpt", "value": answer(scene, color, qtype)}]
-            ids, labels = tokenize_conversation(conv, tok, template)
+            kind = {"none": "question", "context": "context"}.get(captions, "caption" if i % 2 else "question")
+            ids, labels = tokenize_conversation(conversation(scene, color, qtype, kind), tok, template)
             items.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": None})
             objects.append(scene_tokens(scene, pads, rng))
-            types.append(qtype)
+            types.append(None if kind == "caption" else qtype)
         batch = collate(items)
         spliced = splice_image_features(batch["input_ids"], lm.embed(batch["input_ids"]),
                                         connector(torch.stack(objects)), image_id,
@@ -91,17 +121,19 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | Non
         loss = next_token_loss(logits, spliced.labels)
         with torch.no_grad():
             target = shifted_targets(spliced.labels)
-            right = ((logits.argmax(-1) == target) | (target == IGNORE_INDEX)).all(-1)
+            right = ((logits.argmax(-1) == target) | ~last_answer(target)).all(-1)
         for t, r in zip(types, right.tolist()):
-            seen[t].append(r)
+            if t is not None:
+                seen[t].append(r)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         warmup.step()
         if step % args.every == 0 or step == args.steps:
-            acc = {t: sum(v) / len(v) for t, v in seen.items()}
-            rows.append({"pads": pads, "tokens": len(COLORS) + pads, "step": step, "loss": loss.item(),
+            acc = {t: sum(v) / len(v) if v else float("nan") for t, v in seen.items()}
+            rows.append({"pads": pads, "tokens": len(COLORS) + pads, "captions": captions, "step": step,
+                         "loss": loss.item(),
                          "seconds": time.perf_counter() - start, **acc,
                          "non_relational": sum(acc.values()) / len(acc)})
     if save:
@@ -110,10 +142,10 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | Non
 
 
 def table(rows: list[dict]) -> str:
-    head = "| image tokens | empty | step | non-rel | shape | left/right | top/bottom | loss | seconds |"
+    head = "| image tokens | empty | captions | step | non-rel | shape | left/right | top/bottom | loss | seconds |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
-        lines.append(f"| {r['tokens']} | {r['pads']} | {r['step']} | {r['non_relational']:.3f} | {r['shape']:.2f} "
+        lines.append(f"| {r['tokens']} | {r['pads']} | {r['captions']} | {r['step']} | {r['non_relational']:.3f} | {r['shape']:.2f} "
                      f"| {r['horizontal']:.2f} | {r['vertical']:.2f} | {r['loss']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -127,6 +159,8 @@ def main() -> None:
     p.add_argument("--every", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--captions", default="none", choices=CAPTIONS,
+                   help="caption supervision: none, caption records beside the questions, or a caption turn before each")
     p.add_argument("--tokenizer", help="a world's tokenizer dir (default: one trained on the spot)")
     p.add_argument("--save", help="write the last run's LM here, loadable by `LanguageModel(weights_from=...)`")
     args = p.parse_args()

@@ -32,7 +32,7 @@ def test_probe_trains_and_reports_a_row_per_interval(tmp_path):
     for r in rows:
         assert 0 <= r["non_relational"] <= 1 and torch.isfinite(torch.tensor(r["loss"]))
     text = table(rows)
-    assert text.count("\n") == 3 and "| 9 | 3 | 4 |" in text
+    assert text.count("\n") == 3 and "| 9 | 3 | none | 4 |" in text
 
 
 def test_saved_probe_lm_loads_into_a_language_model(tmp_path):
@@ -45,3 +45,33 @@ def test_saved_probe_lm_loads_into_a_language_model(tmp_path):
     saved = torch.load(tmp_path / "lm.ckpt", weights_only=False)["state_dict"]
     for name, p in loaded.state_dict().items():
         assert torch.equal(p, saved[f"model.language.{name}"])
+
+
+def test_last_answer_masks_only_the_final_answer():
+    from data.tokenize import IGNORE_INDEX as X
+    from scripts.probe_object_lookup import last_answer
+
+    targets = torch.tensor([[X, 5, 6, X, X, 7, 8, X],   # caption, then answer 7 8, then padding
+                            [X, X, X, X, 9, 4, 3, 2]])  # one answer running to the end
+    assert last_answer(targets).int().tolist() == [[0, 0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1, 1]]
+
+
+def test_conversation_kinds():
+    from scripts.probe_object_lookup import conversation
+
+    scene = sample_scene(np.random.default_rng(1))
+    q = conversation(scene, "red", "shape", "question")
+    c = conversation(scene, "red", "shape", "caption")
+    both = conversation(scene, "red", "shape", "context")
+    assert q[0]["value"] == "<image>\nWhat is the shape of the red object?" and q[1]["value"] == scene.get("red").shape
+    assert c[0]["value"] == "<image>\nDescribe the image." and c[1]["value"].startswith(f"red {scene.get('red').shape} ")
+    assert both == c + [{**q[0], "value": "What is the shape of the red object?"}, q[1]]
+
+
+@pytest.mark.parametrize("captions", ["records", "context"])
+def test_probe_with_captions_scores_questions_only(tmp_path, captions):
+    world_tokenizer(tmp_path / "tok")
+    rows = run(0, Namespace(steps=2, batch=8, lr=1e-3, every=2, seed=0, captions=captions), str(tmp_path / "tok"))
+    assert rows[0]["captions"] == captions and 0 <= rows[0]["non_relational"] <= 1
+    with pytest.raises(ValueError, match="captions"):
+        run(0, Namespace(steps=1, batch=2, lr=1e-3, every=1, seed=0, captions="both"), str(tmp_path / "tok"))
