@@ -262,7 +262,7 @@ def write_sort_of_clevr(
     `shard_size` samples (`key.png`, `key.txt` caption, `key.json` scene) for the `clip` stage.
     With `captions`, train.json and val.json also hold one caption record per image ("Describe
     the image." -> the scene's caption): the supervision that teaches the LM to find an object
-    by its colour among the image tokens (docs/benchmarks.md, "What breaks the plateau").
+    by its colour among the image tokens (docs/benchmarks.md, Sort-of-CLEVR "With caption records").
 
     `questions_per_image` is per kind: each image gets that many non-relational AND
     that many relational questions. Train and val use independent random streams
