@@ -31,8 +31,8 @@ import numpy as np
 
 from data.tokenizer import train_tokenizer
 from data.writers import (
-    CAPTION_PROMPT,
     QA,
+    caption_record,
     check_positive,
     image_relpath,
     llava_record,
@@ -214,11 +214,6 @@ def ask(scene: Scene, rng: np.random.Generator, n_nonrel: int = 10, n_rel: int =
     return qas
 
 
-def caption_record(rid: str, image: str, scene: Scene) -> dict:
-    """A one-turn conversation asking for the scene's caption: "Describe the image." -> `caption`."""
-    return llava_record(f"{rid}-caption", image, [QA(CAPTION_PROMPT, caption(scene), "caption")])
-
-
 def _write_split(
     root: Path, split: str, n_images: int, seed: int, n_q: int, shard_size: int | None = None,
     captions: bool = False,
@@ -227,7 +222,7 @@ def _write_split(
 
     With `shard_size`, the same images (and their captions) also go into
     `shards/{split}-NNNNNN.tar`; otherwise no shards are written. With `captions`, each image's
-    question record is followed by a caption record (`caption_record`).
+    question record is followed by its caption record, id `{id}-caption`.
     """
     rng = stream_rng(seed, split)
     records, rows, samples = [], [], []
@@ -238,7 +233,7 @@ def _write_split(
         png = save_png(render(scene), root / image_relpath(split, i))
         records.append(llava_record(record_id(split, i), image_relpath(split, i), qas))
         if captions:
-            records.append(caption_record(record_id(split, i), image_relpath(split, i), scene))
+            records.append(caption_record(f"{record_id(split, i)}-caption", image_relpath(split, i), caption(scene)))
         rows.extend(qa_rows(split, i, qas))
         if shard_size is not None:
             samples.append(_shard_sample(record_id(split, i), png, scene))
@@ -279,7 +274,7 @@ def write_sort_of_clevr(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
 
-    train, _, train_shards = _write_split(root, "train", train_images, seed, questions_per_image, size, captions)
+    train, train_rows, train_shards = _write_split(root, "train", train_images, seed, questions_per_image, size, captions)
     val, val_rows, val_shards = _write_split(root, "val", val_images, seed, questions_per_image, size, captions)
     write_json(root / "train.json", train)
     write_json(root / "val.json", val)
@@ -299,12 +294,11 @@ def write_sort_of_clevr(
         **({"shard_size": shard_size} if shards else {}),
         **({"captions": True} if captions else {}),
     }
-    questions = [r for r in train if r["types"] != ["caption"]]
     counts = {
         "train_images": train_images,
         "val_images": val_images,
-        "train_questions": sum(len(r["types"]) for r in questions),
-        **({"train_captions": len(train) - len(questions)} if captions else {}),
+        "train_questions": len(train_rows),
+        **({"train_captions": train_images} if captions else {}),
         "val_questions": len(val_rows),
         **({"train_shards": len(train_shards), "val_shards": len(val_shards)} if shards else {}),
     }

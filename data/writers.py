@@ -103,6 +103,11 @@ def llava_record(rid: str, image: str, qas: Sequence[QA]) -> dict:
     return {"id": rid, "image": image, "conversations": conversations, "types": [qa.type for qa in qas]}
 
 
+def caption_record(rid: str, image: str, caption: str, prompt: str = CAPTION_PROMPT) -> dict:
+    """A one-turn LLaVA record: `prompt` about the image -> `caption` (question type "caption")."""
+    return llava_record(rid, image, [QA(prompt, caption, "caption")])
+
+
 def qa_rows(split: str, index: int, qas: Sequence[QA]) -> list[dict]:
     """Flat per-question evaluation rows (`val_qa.jsonl`), ids `{split}-{index}-{k}`."""
     rid, image = record_id(split, index), image_relpath(split, index)

@@ -38,7 +38,7 @@ from data.collate import Collator
 from data.templates import IMAGE_TOKEN, ChatTemplate
 from data.tokenize import IGNORE_INDEX, tokenize_conversation
 from data.tokenizer import train_tokenizer
-from data.writers import CAPTION_PROMPT
+from data.writers import CAPTION_PROMPT, QA, llava_record
 from models.connectors import MLPConnector
 from models.language import LanguageModel
 from models.losses import next_token_loss, shifted_targets
@@ -71,10 +71,10 @@ def world_tokenizer(out: Path):
 
 def conversation(scene: Scene, color: str, qtype: str, kind: str) -> list[dict]:
     """A question row (`kind` "question"), a caption record ("caption"), or both in one ("context")."""
-    ask = [{"from": "human", "value": question(color, qtype)}, {"from": "gpt", "value": answer(scene, color, qtype)}]
-    describe = [{"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": caption(scene)}]
-    turns = {"question": ask, "caption": describe, "context": describe + ask}[kind]
-    return [{**turns[0], "value": f"{IMAGE_TOKEN}\n{turns[0]['value']}"}, *turns[1:]]
+    ask = QA(question(color, qtype), answer(scene, color, qtype), qtype)
+    describe = QA(CAPTION_PROMPT, caption(scene), "caption")
+    qas = {"question": [ask], "caption": [describe], "context": [describe, ask]}[kind]
+    return llava_record("probe", "", qas)["conversations"]
 
 
 def last_answer(targets: Tensor) -> Tensor:
@@ -88,7 +88,7 @@ def last_answer(targets: Tensor) -> Tensor:
 
 def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | None = None) -> list[dict]:
     """Train from scratch; one row of online accuracies per `args.every` steps."""
-    captions = getattr(args, "captions", "none")
+    captions = args.captions
     if captions not in CAPTIONS:
         raise ValueError(f"--captions must be one of {CAPTIONS}, got {captions!r}")
     torch.manual_seed(args.seed)
@@ -108,7 +108,10 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | Non
         for i in range(args.batch):
             scene = sample_scene(rng)
             color, qtype = list(COLORS)[rng.integers(len(COLORS))], NON_RELATIONAL[rng.integers(3)]
-            kind = {"none": "question", "context": "context"}.get(captions, "caption" if i % 2 else "question")
+            if captions == "records":
+                kind = "caption" if i % 2 else "question"  # half the rows are caption records
+            else:
+                kind = "context" if captions == "context" else "question"
             ids, labels = tokenize_conversation(conversation(scene, color, qtype, kind), tok, template)
             items.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": None})
             objects.append(scene_tokens(scene, pads, rng))

@@ -26,7 +26,7 @@ def test_scene_tokens_hold_each_object_once_and_empty_pads():
 
 def test_probe_trains_and_reports_a_row_per_interval(tmp_path):
     world_tokenizer(tmp_path / "tok")
-    args = Namespace(steps=4, batch=6, lr=1e-3, every=2, seed=0)
+    args = Namespace(steps=4, batch=6, lr=1e-3, every=2, seed=0, captions="none")
     rows = run(3, args, str(tmp_path / "tok"))
     assert [r["step"] for r in rows] == [2, 4] and all(r["tokens"] == 9 for r in rows)
     for r in rows:
@@ -40,7 +40,7 @@ def test_saved_probe_lm_loads_into_a_language_model(tmp_path):
     from scripts.probe_object_lookup import LM_CONFIG
 
     world_tokenizer(tmp_path / "tok")
-    run(0, Namespace(steps=2, batch=4, lr=1e-2, every=2, seed=0), str(tmp_path / "tok"), save=str(tmp_path / "lm.ckpt"))
+    run(0, Namespace(steps=2, batch=4, lr=1e-2, every=2, seed=0, captions="none"), str(tmp_path / "tok"), save=str(tmp_path / "lm.ckpt"))
     loaded = LanguageModel(config=dict(LM_CONFIG), tokenizer=str(tmp_path / "tok"), weights_from=str(tmp_path / "lm.ckpt"))
     saved = torch.load(tmp_path / "lm.ckpt", weights_only=False)["state_dict"]
     for name, p in loaded.state_dict().items():

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data.curation.shards import IMAGE_EXTS, expand, read_shard, sample_text
-from data.writers import CAPTION_PROMPT, QA, llava_record
+from data.writers import CAPTION_PROMPT, caption_record
 
 
 def shards_to_llava(shards: str | Sequence[str], out: str | Path, prompt: str = CAPTION_PROMPT,
@@ -41,7 +41,7 @@ def shards_to_llava(shards: str | Sequence[str], out: str | Path, prompt: str = 
             seen.add(key)
             rel = f"images/{key}.{ext}"
             (out / rel).write_bytes(s[ext])
-            records.append(llava_record(key, rel, [QA(prompt, sample_text(s), "caption")]))
+            records.append(caption_record(key, rel, sample_text(s), prompt))
     path = out / name
     path.write_text(json.dumps(records, ensure_ascii=False) + "\n", encoding="utf-8")
     return {"json": str(path), "samples": len(records), "skipped": skipped, "shards": len(urls)}
