@@ -83,9 +83,14 @@ def grid_coords(
     return torch.stack([xs, ys], dim=-1).reshape(height * width, 2)
 
 
-def _nchw_to_tokens(features: Tensor) -> Tensor:
-    """``(B, C, H, W)`` -> ``(B, H*W, C)``, row-major over the grid."""
-    return features.flatten(2).transpose(1, 2)
+def _nchw_to_tokens(features: Tensor, add_coords: bool = False, coords_scale: float = 1.0) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, H*W, C)``, row-major over the grid; with ``add_coords``,
+    ``(B, H*W, C + 2)``: each token's ``grid_coords`` (times ``coords_scale``) appended."""
+    tokens = features.flatten(2).transpose(1, 2)
+    if not add_coords:
+        return tokens
+    coords = coords_scale * grid_coords(*features.shape[-2:], device=tokens.device, dtype=tokens.dtype)
+    return torch.cat([tokens, coords.expand(tokens.shape[0], -1, -1)], dim=-1)
 
 
 def encode_without_frozen_graph(vision: nn.Module, pixel_values: Tensor) -> Tensor:
@@ -243,6 +248,13 @@ class OpenCLIPVision(VisionEncoder):
             saves it. None: random init.
         select_layer: index into the visual transformer's blocks
             (``visual.transformer.resblocks``); patch tokens only, CLS dropped.
+        add_coords: append each patch's (x, y) grid coordinate in [-1, 1] as two
+            extra channels, as ``TimmVision`` does: a connector that attends over
+            patches without their order (Flamingo's) can then still say where one is.
+        coords_scale: multiplies the coordinate channels. Two channels beside ``dim``
+            feature channels of about unit size are easy to overlook; about
+            ``sqrt(dim)`` gives them the energy of the whole feature vector
+            (docs/benchmarks.md, "Where is the X?" for Flamingo).
     """
 
     def __init__(
@@ -251,6 +263,8 @@ class OpenCLIPVision(VisionEncoder):
         model_config: dict | None = None,
         pretrained: str | None = None,
         select_layer: int = -2,
+        add_coords: bool = False,
+        coords_scale: float = 1.0,
     ) -> None:
         super().__init__()
         import open_clip
@@ -282,6 +296,7 @@ class OpenCLIPVision(VisionEncoder):
         self.model = clip.visual
         del clip
         self.select_layer = select_layer
+        self.add_coords, self.coords_scale = add_coords, coords_scale
 
         cfg = open_clip.get_model_preprocess_cfg(self.model)
         self.image_size = _square(cfg["size"], "OpenCLIPVision")
@@ -299,7 +314,7 @@ class OpenCLIPVision(VisionEncoder):
             intermediates_only=True,
             output_fmt="NCHW",
         )
-        return _nchw_to_tokens(out["image_intermediates"][0])
+        return _nchw_to_tokens(out["image_intermediates"][0], self.add_coords, self.coords_scale)
 
 
 # ---------------------------------------------------------------------------
@@ -435,6 +450,7 @@ class TimmVision(VisionEncoder):
         add_coords: append each token's (x, y) grid coordinate in [-1, 1] as two
             extra channels (as in Relation Networks): CNN features carry little
             absolute position, which an LM needs for "left of"-style questions.
+        coords_scale: multiplies the coordinate channels (see ``OpenCLIPVision``).
     """
 
     def __init__(
@@ -446,6 +462,7 @@ class TimmVision(VisionEncoder):
         model_kwargs: dict | None = None,
         image_size: int | None = None,
         add_coords: bool = False,
+        coords_scale: float = 1.0,
     ) -> None:
         super().__init__()
         import timm
@@ -478,16 +495,11 @@ class TimmVision(VisionEncoder):
         self.mean = tuple(float(m) for m in data_cfg["mean"])
         self.std = tuple(float(s) for s in data_cfg["std"])
         self.select_layer = select_layer
-        self.add_coords = add_coords
+        self.add_coords, self.coords_scale = add_coords, coords_scale
         self.num_patches, self.dim = self._probe_shape()
 
     def features(self, pixels: Tensor) -> Tensor:
         maps = self.model.forward_intermediates(
             pixels, indices=[self.select_layer], intermediates_only=True, stop_early=True
         )[0]
-        tokens = _nchw_to_tokens(maps)
-        if self.add_coords:
-            h, w = maps.shape[-2:]
-            coords = grid_coords(h, w, device=tokens.device, dtype=tokens.dtype)
-            tokens = torch.cat([tokens, coords.expand(tokens.shape[0], -1, -1)], dim=-1)
-        return tokens
+        return _nchw_to_tokens(maps, self.add_coords, self.coords_scale)

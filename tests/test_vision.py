@@ -100,6 +100,23 @@ def test_openclip_select_layer_changes_features(openclip_enc):
     torch.testing.assert_close(b, ref, rtol=0, atol=1e-6)
 
 
+def test_openclip_add_coords_appends_grid_to_the_same_features(openclip_enc):
+    enc = OpenCLIPVision(model_config=OPEN_CLIP_CFG, add_coords=True).eval()
+    enc.load_state_dict(openclip_enc.state_dict())
+    assert (enc.num_patches, enc.dim) == (16, 34)
+    x = _x(enc)
+    with torch.no_grad():
+        out, plain = enc(x), openclip_enc(x)
+    assert torch.equal(out[..., :-2], plain)
+    assert torch.equal(out[..., -2:], grid_coords(4, 4).expand(len(x), -1, -1))
+    torch.testing.assert_close(out[0, 5, -2:], torch.tensor([-1 / 3, -1 / 3]))  # row 1, column 1 of 4
+    scaled = OpenCLIPVision(model_config=OPEN_CLIP_CFG, add_coords=True, coords_scale=10.0).eval()
+    scaled.load_state_dict(openclip_enc.state_dict())
+    with torch.no_grad():
+        out10 = scaled(x)
+    assert torch.equal(out10[..., :-2], plain) and torch.equal(out10[..., -2:], 10.0 * out[..., -2:])
+
+
 def test_openclip_keeps_only_visual_tower(openclip_enc):
     assert all(k.startswith("model.") for k in openclip_enc.state_dict())
     assert not any("token_embedding" in k for k in openclip_enc.state_dict())
