@@ -148,6 +148,11 @@ class VisionEncoder(nn.Module, abc.ABC):
                 f"got {tuple(pixels.shape)}"
             )
 
+    def _set_coords(self, add_coords: bool, coords_scale: float) -> None:
+        if not coords_scale > 0:
+            raise ValueError(f"{type(self).__name__}: coords_scale must be > 0, got {coords_scale}")
+        self.add_coords, self.coords_scale = add_coords, float(coords_scale)
+
     def _param_dtype(self) -> torch.dtype:
         for p in self.parameters():
             if p.is_floating_point():
@@ -296,7 +301,7 @@ class OpenCLIPVision(VisionEncoder):
         self.model = clip.visual
         del clip
         self.select_layer = select_layer
-        self.add_coords, self.coords_scale = add_coords, coords_scale
+        self._set_coords(add_coords, coords_scale)
 
         cfg = open_clip.get_model_preprocess_cfg(self.model)
         self.image_size = _square(cfg["size"], "OpenCLIPVision")
@@ -495,7 +500,7 @@ class TimmVision(VisionEncoder):
         self.mean = tuple(float(m) for m in data_cfg["mean"])
         self.std = tuple(float(s) for s in data_cfg["std"])
         self.select_layer = select_layer
-        self.add_coords, self.coords_scale = add_coords, coords_scale
+        self._set_coords(add_coords, coords_scale)
         self.num_patches, self.dim = self._probe_shape()
 
     def features(self, pixels: Tensor) -> Tensor:

@@ -115,6 +115,8 @@ def test_openclip_add_coords_appends_grid_to_the_same_features(openclip_enc):
     with torch.no_grad():
         out10 = scaled(x)
     assert torch.equal(out10[..., :-2], plain) and torch.equal(out10[..., -2:], 10.0 * out[..., -2:])
+    with pytest.raises(ValueError, match="coords_scale must be > 0, got 0"):
+        OpenCLIPVision(model_config=OPEN_CLIP_CFG, add_coords=True, coords_scale=0)
 
 
 def test_openclip_keeps_only_visual_tower(openclip_enc):
