@@ -256,9 +256,10 @@ class OpenCLIPVision(VisionEncoder):
         add_coords: append each patch's (x, y) grid coordinate in [-1, 1] as two
             extra channels, as ``TimmVision`` does: a connector that attends over
             patches without their order (Flamingo's) can then still say where one is.
-        coords_scale: multiplies the coordinate channels. Two channels beside ``dim``
-            feature channels of about unit size are easy to overlook; about
-            ``sqrt(dim)`` gives them the energy of the whole feature vector
+        coords_scale: multiplies the coordinate channels. Beside ``dim`` frozen
+            feature channels of about unit size two channels are easy to overlook;
+            about ``sqrt(dim)`` gives them the energy of the whole feature vector. A
+            tower that trains scales its own channels and is better left at 1
             (docs/benchmarks.md, "Where is the X?" for Flamingo).
     """
 
