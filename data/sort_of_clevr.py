@@ -230,13 +230,14 @@ def _write_split(
         scene = sample_scene(rng)
         qas = ask(scene, rng, n_q, n_q)
         qas = [qas[k] for k in rng.permutation(len(qas))]
-        png = save_png(render(scene), root / image_relpath(split, i))
-        records.append(llava_record(record_id(split, i), image_relpath(split, i), qas))
+        rid, rel = record_id(split, i), image_relpath(split, i)
+        png = save_png(render(scene), root / rel)
+        records.append(llava_record(rid, rel, qas))
         if captions:
-            records.append(caption_record(f"{record_id(split, i)}-caption", image_relpath(split, i), caption(scene)))
+            records.append(caption_record(f"{rid}-caption", rel, caption(scene)))
         rows.extend(qa_rows(split, i, qas))
         if shard_size is not None:
-            samples.append(_shard_sample(record_id(split, i), png, scene))
+            samples.append(_shard_sample(rid, png, scene))
     shards = [] if shard_size is None else [str(p) for p in write_shards(root / "shards", split, samples, shard_size)]
     return records, rows, shards
 

@@ -108,10 +108,8 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | Non
         for i in range(args.batch):
             scene = sample_scene(rng)
             color, qtype = list(COLORS)[rng.integers(len(COLORS))], NON_RELATIONAL[rng.integers(3)]
-            if captions == "records":
-                kind = "caption" if i % 2 else "question"  # half the rows are caption records
-            else:
-                kind = "context" if captions == "context" else "question"
+            # `records`: every other row is a caption record
+            kind = {"none": "question", "context": "context", "records": ("question", "caption")[i % 2]}[captions]
             ids, labels = tokenize_conversation(conversation(scene, color, qtype, kind), tok, template)
             items.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": None})
             objects.append(scene_tokens(scene, pads, rng))
