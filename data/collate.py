@@ -18,6 +18,12 @@ def pad_rows(rows: list[Tensor], value: int, left: bool) -> Tensor:
     return out
 
 
+def count_targets(labels: Tensor) -> int:
+    """How many positions the next-token loss averages over (labels after the first, not -100):
+    counted here, on the host, so the training step weights by it without a device sync."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 class Collator:
     """`left_pad` for generation prompts; right padding for training."""
 
@@ -34,6 +40,7 @@ class Collator:
         batch["attention_mask"] = pad_rows([torch.ones_like(r) for r in ids], 0, self.left_pad)
         if "labels" in good[0]:
             batch["labels"] = pad_rows([it["labels"] for it in good], IGNORE_INDEX, self.left_pad)
+            batch["num_targets"] = count_targets(batch["labels"])
         pixels = [it["pixel_values"] for it in good if it["pixel_values"] is not None]
         batch["pixel_values"] = torch.cat(pixels) if pixels else None
         if "meta" in good[0]:

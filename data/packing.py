@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from data.collate import pad_rows
+from data.collate import count_targets, pad_rows
 from data.tokenize import IGNORE_INDEX
 
 
@@ -66,6 +66,7 @@ class PackingCollator:
         batch["input_ids"] = pad_rows(ids, self.pad_token_id, left=False)
         batch["attention_mask"] = pad_rows([torch.ones_like(r) for r in ids], 0, left=False)
         batch["labels"] = pad_rows(labels, IGNORE_INDEX, left=False)
+        batch["num_targets"] = count_targets(batch["labels"])
         batch["segment_ids"] = pad_rows(segments, -1, left=False)
         batch["pixel_values"] = torch.cat(pixels) if pixels else None
         return batch

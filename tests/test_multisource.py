@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from data.collate import count_targets
 import yaml
 
 from data.multisource import MultiSourceDataModule, Source, split_sources
@@ -91,7 +93,9 @@ def test_total_loss_and_gradients_are_the_weighted_sum(module_and_batch):
     module, batch = module_and_batch
     total = module.training_step(batch, 0)
     loss_c, loss_d = (source_loss(module, batch[k]) for k in ("captions", "documents"))
-    expected = 0.2 * loss_c + 1.0 * loss_d
+    # the step returns the weighted mean times the micro-batch's target tokens (train.module)
+    tokens = sum(count_targets(batch[k]["labels"]) for k in ("captions", "documents"))
+    expected = (0.2 * loss_c + 1.0 * loss_d) * tokens
     assert loss_c.item() != loss_d.item()
     assert torch.equal(total.detach(), expected.detach())
     got, want = grads_of(module, total), grads_of(module, expected)
@@ -105,7 +109,8 @@ def test_zero_weight_gives_exactly_the_other_sources_gradients(module_and_batch)
     module, batch = module_and_batch
     zeroed = {**batch, "captions": {**batch["captions"], "loss_weight": 0.0}}
     total = module.training_step(zeroed, 0)
-    alone = source_loss(module, batch["documents"])
+    tokens = sum(count_targets(batch[k]["labels"]) for k in ("captions", "documents"))
+    alone = (0.0 * source_loss(module, batch["captions"]) + source_loss(module, batch["documents"])) * tokens
     assert torch.equal(total.detach(), alone.detach())
     got, want = grads_of(module, total), grads_of(module, alone)
     for name in got:

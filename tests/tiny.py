@@ -57,3 +57,21 @@ def experiment_config(world: Path, run_root: Path, max_steps: int = 4, logger: d
                                "type_groups": {"non_relational": ["shape", "horizontal", "vertical"],
                                                "relational": ["closest", "furthest", "count"]}}},
     }
+
+
+def launch_fit(config: dict, path: Path, *extra: str, timeout: int = 300):
+    """`chimera fit --config PATH` in a fresh process, as a user launches it (with `trainer.devices: 2`
+    Lightning starts the second rank itself); a hang fails at `timeout` instead of stalling CI."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    proc = subprocess.run([sys.executable, "-m", "train.cli", "fit", "--config", str(path), *extra], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

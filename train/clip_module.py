@@ -87,9 +87,10 @@ class CLIPModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_end(self) -> None:
+        # `trainer.log_dir` is a collective: every rank reads it, then rank 0 writes
+        path = Path(self.export_path) if self.export_path else Path(self.trainer.log_dir or ".") / "open_clip.pt"
         if not self.trainer.is_global_zero:
             return
-        path = Path(self.export_path) if self.export_path else Path(self.trainer.log_dir or ".") / "open_clip.pt"
         self.model.save_checkpoint(path)
         rank_zero_info(f"exported the open_clip checkpoint to {path}")
 

@@ -80,7 +80,9 @@ class ConversationDataModule(L.LightningDataModule):
                           collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
-        self.sampler = ResumableSampler(len(self.train_set), seed=self.seed)
+        trainer = self.trainer
+        self.sampler = ResumableSampler(len(self.train_set), seed=self.seed, num_replicas=trainer.world_size,
+                                        rank=trainer.global_rank)
         if self._resume is not None:
             self.sampler.resume_at(**self._resume)
             self._resume = None
@@ -88,13 +90,14 @@ class ConversationDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, collate_fn=self.train_collator(),
                           persistent_workers=self.num_workers > 0)
 
-    # checkpointed with the run: where in which epoch the sampler is, counted in samples consumed
+    # checkpointed with the run: where in which epoch the sampler is, in global samples consumed
+    # (every rank has processed as many batches), so a run resumes at any world size
     def state_dict(self) -> dict:
         trainer = getattr(self, "trainer", None)
         if trainer is None or getattr(self, "sampler", None) is None:
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": trainer.current_epoch, "consumed": done * self.batch_size}
+        return {"epoch": trainer.current_epoch, "consumed": done * self.batch_size * trainer.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state) if state else None

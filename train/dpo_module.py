@@ -12,7 +12,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from train.module import VLMModule
+from train.module import VLMModule, zero_through_parameters
 from train.guards import check_finite_loss
 
 
@@ -38,11 +38,16 @@ class DPOModule(VLMModule):
         super().on_fit_start()
         self.reference.to(self.device)
 
+    token_weighted_loss = False  # a loss per preference pair, not per token
+
     def training_step(self, batch: dict, batch_idx: int):
         self.skipped_samples += batch["skipped"]
-        if "input_ids" not in batch:
-            return None
+        if "input_ids" not in batch:  # every pair unreadable: a zero loss every rank steps through
+            if self._last_good is None:
+                return zero_through_parameters(self)
+            return self.model.sequence_logprobs(*self._last_good).sum() * 0.0
         args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        self._last_good = args
         policy = self.model.sequence_logprobs(*args)
         with torch.no_grad():
             ref = self.reference.sequence_logprobs(*args)

@@ -12,12 +12,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from data.collate import count_targets
 from data.multisource import split_sources
 from data.templates import ChatTemplate
 from models.flamingo import Flamingo
 from models.language import checkpoint_weights
 from models.llava import LLaVA
 from models.peft import OptimizerName, build_optimizer
+from train.distributed import canonical_name, gather_objects, unique_by_index
 from train.answers import accuracy_by_type, format_accuracy
 from train.evaluation.vqa_metric import vqa_accuracy
 from train.loggers import log_sample_table
@@ -66,6 +68,11 @@ def load_model_weights(model: nn.Module, ckpt_path: str) -> None:
         raise ValueError(f"init_from {path}: its weights do not fit this model's architecture: {err}") from err
 
 
+def zero_through_parameters(module: nn.Module) -> torch.Tensor:
+    """0, with a gradient (of zeros) for every trained parameter (DDP then reduces them all)."""
+    return sum((p * 0.0).sum() for p in module.parameters() if p.requires_grad)
+
+
 class VLMModule(L.LightningModule):
     """Trains a LLaVA on conversations; validates by generating answers and scoring per type.
 
@@ -108,6 +115,9 @@ class VLMModule(L.LightningModule):
         self.chimera_config: dict | None = None  # the resolved model config, set by the CLI
         self._val_records: list[dict] = []
         self._fit_start: float | None = None
+        self._last_good: dict | None = None  # the last batch with targets, replayed with weight 0
+        self._window_targets = 0  # target tokens of this rank's micro-batches since the last step
+        self._run_dir: str | None = None
         if init_from is not None:
             load_model_weights(model, init_from)
         adapted = getattr(model.language, "adapter", None) is not None or getattr(model.language, "quantization", None)
@@ -148,6 +158,8 @@ class VLMModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # counted before a sharding strategy (FSDP) wraps the model: afterwards a rank holds a shard
         self._parameter_counts = self.parameter_table()
+        self._decays = {canonical_name(n): p.ndim >= 2 for n, p in self.model.named_parameters()}
+        self._run_dir = self.trainer.log_dir  # a collective: read here, where every rank runs
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
@@ -159,28 +171,70 @@ class VLMModule(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(counts, step=0)
 
+    # each micro-batch's loss is its mean over target tokens times their count (the sum); the
+    # gradients of a whole optimizer step are then divided by the target tokens of the global
+    # batch (every rank, every accumulated micro-batch), so neither the world size nor gradient
+    # accumulation changes how tokens are weighted (transformers' `num_items_in_batch` fix)
+    token_weighted_loss = True
+
     def training_step(self, batch: dict, batch_idx: int):
         """One batch, or one per named source (`data.multisource`): loss = sum of weight x source loss,
-        as open_flamingo weights LAION and MMC4; each source's own loss is logged as train/loss_<name>."""
-        total, rows = None, 0
-        for name, (weight, part) in split_sources(batch).items():
+        as open_flamingo weights LAION and MMC4; each source's own loss is logged as train/loss_<name>.
+
+        A batch with nothing to learn from (every sample unreadable, or no target token) still runs
+        a forward and backward, on the last good batch with weight 0: every rank must reach the
+        same collectives, and Lightning does not support a skipped step under DDP/FSDP."""
+        sources = split_sources(batch)
+        for _, part in sources.values():
             self.skipped_samples += part["skipped"]
-            if "input_ids" not in part:
-                continue  # the whole batch (of this source) was unreadable
+        self.log("train/skipped_samples", float(self.skipped_samples), on_step=True, reduce_fx="max")
+        for _, part in sources.values():  # collators count on the host (data.collate.count_targets)
+            if "labels" in part and "num_targets" not in part:
+                part["num_targets"] = count_targets(part["labels"])
+        usable = {k: v for k, v in sources.items() if v[1].get("num_targets", 0) > 0}
+        if not usable:
+            return self._zero_loss(batch_idx)
+        self._last_good = usable
+        total, tokens = self._weighted_loss(usable, batch_idx, log=True)
+        self.log("train/loss", total, prog_bar=True, on_step=True, batch_size=sum(p["input_ids"].shape[0]
+                                                                                  for _, p in usable.values()))
+        self._window_targets += tokens
+        return total * tokens
+
+    def _weighted_loss(self, sources: dict, batch_idx: int, log: bool) -> tuple[torch.Tensor, int]:
+        """(sum of weight x mean loss over the sources, target tokens of the micro-batch)."""
+        total, tokens = None, 0
+        for name, (weight, part) in sources.items():
             packed = {"segment_ids": part["segment_ids"]} if "segment_ids" in part else {}  # data.packing
             _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"],
                                  **packed)
             check_finite_loss(loss, self.global_step, batch_idx)
-            n = part["input_ids"].shape[0]
-            if name:
-                self.log(f"train/loss_{name}", loss, on_step=True, batch_size=n)
+            if name and log:
+                self.log(f"train/loss_{name}", loss, on_step=True, batch_size=part["input_ids"].shape[0])
             total = weight * loss if total is None else total + weight * loss
-            rows += n
-        self.log("train/skipped_samples", float(self.skipped_samples), on_step=True, reduce_fx="max")
-        if total is None:
-            return None
-        self.log("train/loss", total, prog_bar=True, on_step=True, batch_size=rows)
-        return total
+            tokens += part["num_targets"]
+        return total, tokens
+
+    def _zero_loss(self, batch_idx: int) -> torch.Tensor:
+        """A zero loss whose graph reaches every trained parameter (see `training_step`)."""
+        if self._last_good is not None:
+            total, _ = self._weighted_loss(self._last_good, batch_idx, log=False)
+            return total * 0.0
+        return zero_through_parameters(self)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if not self.token_weighted_loss:
+            return
+        # Lightning divided each micro-batch by the accumulation count and DDP/FSDP averaged over
+        # ranks: undo both and divide by the global target count (one all-reduce per step)
+        local = torch.tensor(float(self._window_targets), device=self.device)
+        self._window_targets = 0
+        total = self.trainer.strategy.reduce(local, reduce_op="sum")
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / total.clamp(min=1.0)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale.to(p.grad.dtype))
 
     def generate_answers(self, batch: dict) -> list[str]:
         out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
@@ -196,7 +250,10 @@ class VLMModule(L.LightningModule):
             self._val_records.append({**meta, "prediction": pred.strip(), "correct": correct})
 
     def on_validation_epoch_end(self) -> None:
-        records, self._val_records = self._val_records, []
+        # every rank scored its share: gather them so each rank reports the whole val set, and the
+        # numbers equal a 1-process run's (the sampler's padding repeats are dropped)
+        records = unique_by_index(gather_objects(self.trainer, self._val_records))
+        self._val_records = []
         if not records:
             return
         accuracy = accuracy_by_type(records, self.type_groups)
@@ -209,12 +266,11 @@ class VLMModule(L.LightningModule):
         self._write_predictions(records)
 
     def _write_predictions(self, records: list[dict]) -> None:
-        """Per-sample predictions beside the logs, and a sample table for W&B."""
+        """Per-sample predictions beside the logs, and a sample table for W&B (rank 0)."""
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        log_dir = self.trainer.log_dir
-        if log_dir:
-            path = Path(log_dir) / "predictions" / f"val_step{self.global_step:07d}.jsonl"
+        if self._run_dir:
+            path = Path(self._run_dir) / "predictions" / f"val_step{self.global_step:07d}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(r) + "\n" for r in records))
         log_sample_table(self.loggers, records[: self.num_logged_samples], self.trainer.datamodule, self.global_step)
@@ -224,14 +280,16 @@ class VLMModule(L.LightningModule):
         for name in (p for p in TRAINABLE[self.stage] if p in self.parts):
             lr = self.lrs[name] if self.lrs[name] is not None else self.lr
             decay, no_decay = [], []
-            for p in getattr(self.model, name).parameters():
+            for n, p in getattr(self.model, name).named_parameters():
                 if p.requires_grad:
-                    (decay if p.ndim >= 2 else no_decay).append(p)
+                    (decay if self._decays_weight(f"{name}.{n}", p) else no_decay).append((canonical_name(n), p))
             groups += [
                 {"params": decay, "lr": lr, "weight_decay": self.weight_decay, "name": f"{name}"},
                 {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"},
             ]
         groups = [g for g in groups if g["params"]]
+        self.param_group_names = {g["name"]: sorted(n for n, _ in g["params"]) for g in groups}
+        groups = [{**g, "params": [p for _, p in g["params"]]} for g in groups]
         opt = build_optimizer(self.optimizer_name, groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.warmup_ratio * total)
@@ -239,6 +297,12 @@ class VLMModule(L.LightningModule):
             opt, lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _decays_weight(self, name: str, p: nn.Parameter) -> bool:
+        """Matrices decay, biases and norms do not: decided on the shapes before any wrapping, since
+        FSDP (`use_orig_params`) hands the optimizer flat 1-D shards."""
+        decays = getattr(self, "_decays", None)
+        return decays[canonical_name(name)] if decays else p.ndim >= 2
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["chimera_config"] = self.chimera_config

@@ -37,11 +37,12 @@ class EvalAtFitEnd(L.Callback):
         self.decoding = Decoding(max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=batch_size)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # `trainer.log_dir` is a collective: every rank reads it, then rank 0 evaluates
+        out = Path(self.out) if self.out else Path(trainer.log_dir or ".") / "eval"
         if not trainer.is_global_zero:
             return
         val_qa = getattr(trainer.datamodule, "val_qa", None)
         files = resolve_task_files(self.tasks, [f"{k}={v}" for k, v in self.data.items()], val_qa)
-        out = Path(self.out) if self.out else Path(trainer.log_dir or ".") / "eval"
         results, rows = evaluate_model(pl_module, files, out, self.decoding, self.limit)
         rank_zero_info(format_results(results) + f"\nwrote {out / 'results.json'}")
         for logger in trainer.loggers:
