@@ -51,4 +51,3 @@ def chunked_next_token_loss(hidden: Tensor, head: Callable[[Tensor], Tensor], la
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
         total = total + checkpoint(_chunk_loss_sum, head, h, t, use_reentrant=False)
     return total / count  # 0/0 = nan when nothing is labelled, as the plain loss gives
-

@@ -131,7 +131,8 @@ class RecordFSDP(L.Callback):
             "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size, "units": sorted(units),
             "checkpointed": sorted(ckpt), "losses": self.losses, "local_params": local,
             "counted_params": sum(total for _, total, _ in pl_module._parameter_counts),
-            "hf_checkpointing": pl_module.model.language.model.is_gradient_checkpointing}))
+            "hf_checkpointing": pl_module.model.language.model.is_gradient_checkpointing,
+            "param_groups": pl_module.param_group_names}))
 
 
 def test_two_process_fsdp_on_cpu(tmp_path):
@@ -168,6 +169,16 @@ def test_two_process_fsdp_on_cpu(tmp_path):
         assert rec["hf_checkpointing"] is False  # the strategy's checkpointing replaced the LM's own
         assert len(rec["losses"]) == steps and all(math.isfinite(x) for x in rec["losses"])
     assert records[0]["losses"] != records[1]["losses"]  # each rank its own batches
+    # weight decay groups as in one process, though FSDP hands the optimizer flat 1-D shards
+    one = build_module(cfg["model"])
+    expected = {}
+    for part in ("vision", "connector", "cross_attention", "special_tokens", "language"):
+        named = [(n, p) for n, p in getattr(one.model, part).named_parameters() if p.requires_grad]
+        expected[part] = sorted(n for n, p in named if p.ndim >= 2)
+        expected[f"{part}_no_decay"] = sorted(n for n, p in named if p.ndim < 2)
+    expected = {k: v for k, v in expected.items() if v}
+    assert expected["language"] and expected["language_no_decay"]
+    assert all(rec["param_groups"] == expected for rec in records)
 
     weights = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     total = sum(w.numel() for w in weights[0].values())
