@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,12 +34,45 @@ def _warn_and_skip(exn: Exception) -> bool:
     return True
 
 
+def shard_stream(urls: list[str], train: bool, seed: int, handler: Callable, resampled: bool = False):
+    """The shards' samples as a stream.
+
+    Plain: every shard once per pass, shards split across DDP ranks and DataLoader workers (each
+    sample read once; validation, one process). Resampled (OpenFlamingo's training mode): every
+    rank and worker draws shards with replacement from all of them, seeded by (seed, rank, worker,
+    pass), with no end; `fixed_epoch` then cuts an epoch of equal length on every rank, which
+    split shards cannot promise (an odd shard count or unequal shards leave one rank a batch
+    short, and DDP hangs at the epoch's end).
+    """
+    if resampled:
+        stream = wds.FluidWrapper(wds.ResampledShards(urls, seed=seed, deterministic=True))
+        return stream.compose(wds.tarfile_to_samples(handler=handler))
+    return wds.WebDataset(urls, shardshuffle=len(urls) if train else False, handler=handler, empty_check=False,
+                          seed=seed, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
+
+
+def fixed_epoch(stream, samples_per_epoch: int, batch_size: int, world_size: int, num_workers: int):
+    """Cut a resampled stream into epochs of the same number of full batches on every rank: at least
+    `samples_per_epoch` samples over all ranks (OpenFlamingo's `train_num_samples`), rounded up to
+    whole batches per DataLoader worker. Its length (batches per rank) feeds the LR schedule."""
+    if samples_per_epoch < 1:
+        raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+    workers = max(1, num_workers)
+    per_worker = math.ceil(samples_per_epoch / (world_size * workers * batch_size)) * batch_size
+    return stream.with_epoch(per_worker).with_length(per_worker * workers, silent=True)
+
+
+def check_epoch_length(samples_per_epoch: int | None, world_size: int, key: str) -> None:
+    """Split shards give ranks unequal batch counts: several ranks need a fixed epoch length."""
+    if world_size > 1 and samples_per_epoch is None:
+        raise ValueError(f"{key}: training on {world_size} ranks reads resampled shards with a fixed epoch length "
+                         "(as OpenFlamingo's train_num_samples); set it to the samples per epoch over all ranks")
+
+
 def image_text_pipeline(urls: list[str], transform: Callable, train: bool, shuffle_buffer: int = 1000,
-                        seed: int = 0) -> wds.WebDataset:
+                        seed: int = 0, resampled: bool = False):
     """Decoded (pixels, caption) pairs; a corrupt image or a sample without a caption is skipped."""
-    ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, handler=_warn_and_skip,
-                        empty_check=False, seed=seed,  # shards split across DDP ranks and workers
-                        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
+    ds = shard_stream(urls, train, seed, _warn_and_skip, resampled)
     if train:
         ds = ds.shuffle(shuffle_buffer, seed=seed)  # webdataset seeds it from the clock otherwise
     return (ds.decode("pil", handler=_warn_and_skip)
@@ -60,12 +94,16 @@ class ImageTextCollator:
 class ImageTextDataModule(L.LightningDataModule):
     """Args:
         train_shards / val_shards: shard patterns (glob or brace); val optional.
+        samples_per_epoch: train on resampled shards, this many samples per epoch over all ranks
+            (needed with several ranks; `shard_stream`); None: each shard once per epoch.
         Transform and tokenizer come from the model being trained.
     """
 
     def __init__(self, train_shards: str, val_shards: str | None = None, batch_size: int = 64,
-                 eval_batch_size: int = 256, num_workers: int = 1, shuffle_buffer: int = 1000) -> None:
+                 eval_batch_size: int = 256, num_workers: int = 1, shuffle_buffer: int = 1000,
+                 samples_per_epoch: int | None = None) -> None:
         super().__init__()
+        self.samples_per_epoch = samples_per_epoch
         self.train_urls = expand_shards(train_shards, "data.train_shards")
         self.val_urls = expand_shards(val_shards, "data.val_shards") if val_shards else None
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -74,9 +112,14 @@ class ImageTextDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         model = self.trainer.lightning_module.model
         self.transform, self.collate = model.transform(train=True), ImageTextCollator(model.tokenizer)
+        if stage == "fit":
+            check_epoch_length(self.samples_per_epoch, self.trainer.world_size, "data.samples_per_epoch")
 
     def _loader(self, urls: list[str], batch_size: int, train: bool) -> DataLoader:
-        ds = image_text_pipeline(urls, self.transform, train, self.shuffle_buffer)
+        resampled = train and self.samples_per_epoch is not None
+        ds = image_text_pipeline(urls, self.transform, train, self.shuffle_buffer, resampled=resampled)
+        if resampled:
+            ds = fixed_epoch(ds, self.samples_per_epoch, batch_size, self.trainer.world_size, self.num_workers)
         return DataLoader(ds, batch_size=batch_size, num_workers=self.num_workers, collate_fn=self.collate,
                           persistent_workers=self.num_workers > 0)
 

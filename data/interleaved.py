@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from data.collate import Collator
-from data.image_text import expand_shards
+from data.image_text import check_epoch_length, expand_shards, fixed_epoch, shard_stream
 from data.templates import IMAGE_TOKEN
 from data.tokenize import IGNORE_INDEX
 from data.writers import write_shards
@@ -93,10 +93,9 @@ def _skip(exn: Exception) -> bool:
 
 
 def interleaved_pipeline(urls: list[str], to_sample: InterleavedSamples, train: bool, shuffle_buffer: int = 200,
-                         seed: int = 0) -> wds.WebDataset:
-    # shards split across ranks (DDP) and DataLoader workers, so no sample is read twice per epoch
-    ds = wds.WebDataset(urls, shardshuffle=len(urls) if train else False, handler=_skip, empty_check=False, seed=seed,
-                        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
+                         seed: int = 0, resampled: bool = False):
+    """Samples of the documents; shards split or resampled as `data.image_text.shard_stream` says."""
+    ds = shard_stream(urls, train, seed, _skip, resampled)
     if train:
         ds = ds.shuffle(shuffle_buffer, seed=seed)  # webdataset seeds it from the clock otherwise
     return ds.decode("pil", handler=_skip).map(to_sample, handler=_skip)
@@ -104,11 +103,14 @@ def interleaved_pipeline(urls: list[str], to_sample: InterleavedSamples, train: 
 
 class InterleavedDataModule(L.LightningDataModule):
     """Flamingo pretraining on interleaved documents and/or caption pairs (shard patterns,
-    comma-separated to mix several); tokenizer and transform come from the model."""
+    comma-separated to mix several); tokenizer and transform come from the model.
+    `samples_per_epoch`: resampled shards, this many samples per epoch over all ranks (needed
+    with several ranks; `data.image_text.shard_stream`); None: each shard once per epoch."""
 
     def __init__(self, train_shards: str, batch_size: int = 16, num_workers: int = 1, max_length: int | None = 512,
-                 shuffle_buffer: int = 200) -> None:
+                 shuffle_buffer: int = 200, samples_per_epoch: int | None = None) -> None:
         super().__init__()
+        self.samples_per_epoch = samples_per_epoch
         self.urls = [u for pattern in train_shards.split(",") for u in expand_shards(pattern.strip(), "data.train_shards")]
         self.batch_size, self.num_workers, self.max_length, self.shuffle_buffer = (
             batch_size, num_workers, max_length, shuffle_buffer)
@@ -118,8 +120,13 @@ class InterleavedDataModule(L.LightningDataModule):
         model = self.trainer.lightning_module.model
         self.to_sample = InterleavedSamples(model.tokenizer, model.vision.transform(train=True), self.max_length)
         self.pad_id = model.tokenizer.pad_token_id
+        if stage == "fit":
+            check_epoch_length(self.samples_per_epoch, self.trainer.world_size, "data.samples_per_epoch")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(interleaved_pipeline(self.urls, self.to_sample, True, self.shuffle_buffer),
-                          batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=Collator(self.pad_id),
+        resampled = self.samples_per_epoch is not None
+        ds = interleaved_pipeline(self.urls, self.to_sample, True, self.shuffle_buffer, resampled=resampled)
+        if resampled:
+            ds = fixed_epoch(ds, self.samples_per_epoch, self.batch_size, self.trainer.world_size, self.num_workers)
+        return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=Collator(self.pad_id),
                           persistent_workers=self.num_workers > 0)

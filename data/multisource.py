@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from data.collate import Collator
-from data.image_text import expand_shards
+from data.image_text import check_epoch_length, expand_shards, fixed_epoch
 from data.interleaved import END_OF_CHUNK, InterleavedSamples, interleaved_pipeline
 
 NAME = re.compile(r"^[A-Za-z0-9_]+$")  # it becomes a metric key: train/loss_<name>
@@ -35,12 +35,16 @@ class Source:
     """shards: glob or brace pattern(s), comma-separated; caption and/or interleaved shards.
     weight: multiplies this source's loss (>= 0; 0 reads it, logs its loss, trains nothing on it).
     max_length: tokens per sample for this source; None: the data module's (open_flamingo: 32 for
-    LAION captions, 256 for MMC4 documents)."""
+    LAION captions, 256 for MMC4 documents).
+    samples_per_epoch: read resampled shards, this many samples of this source per epoch over all
+    ranks (open_flamingo's train_num_samples_laion / _mmc4; needed with several ranks, see
+    `data.image_text.shard_stream`); None: each shard once per epoch."""
 
     shards: str
     weight: float = 1.0
     batch_size: int = 16
     max_length: int | None = None
+    samples_per_epoch: int | None = None
 
 
 class WeightedCollator:
@@ -96,6 +100,10 @@ class MultiSourceDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_for(self.trainer.lightning_module.model)
+        if stage == "fit":
+            for name, src in self.sources.items():
+                check_epoch_length(src.samples_per_epoch, self.trainer.world_size,
+                                   f"data.sources.{name}.samples_per_epoch")
 
     def prepare_for(self, model) -> None:
         """Read samples with this model's tokenizer and image transform."""
@@ -111,8 +119,11 @@ class MultiSourceDataModule(L.LightningDataModule):
 
     def _loader(self, name: str) -> DataLoader:
         src = self.sources[name]
-        return DataLoader(interleaved_pipeline(self.urls[name], self.to_sample[name], True, self.shuffle_buffer),
-                          batch_size=src.batch_size, num_workers=self.num_workers,
+        resampled = src.samples_per_epoch is not None
+        ds = interleaved_pipeline(self.urls[name], self.to_sample[name], True, self.shuffle_buffer, resampled=resampled)
+        if resampled:
+            ds = fixed_epoch(ds, src.samples_per_epoch, src.batch_size, self.trainer.world_size, self.num_workers)
+        return DataLoader(ds, batch_size=src.batch_size, num_workers=self.num_workers,
                           collate_fn=WeightedCollator(Collator(self.pad_id), src.weight),
                           persistent_workers=self.num_workers > 0)
 

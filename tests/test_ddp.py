@@ -130,3 +130,42 @@ def test_webdataset_shards_split_by_rank(tmp_path, monkeypatch):
         seen.append({caption for _, caption in image_text_pipeline(urls, lambda im: 0, train=True)})
     assert not seen[0] & seen[1]
     assert seen[0] | seen[1] == {f"caption {i}" for i in range(8)}
+
+
+def test_resampled_epochs_are_equal_on_every_rank_from_uneven_shards(tmp_path, monkeypatch):
+    """3 shards of 5, 5 and 2 samples on 2 ranks: split, the ranks would get 7 and 5 samples; a
+    fixed resampled epoch gives each rank the same number of full batches, reproducibly."""
+    import io
+
+    import PIL.Image
+    import pytest
+
+    from data.image_text import check_epoch_length, fixed_epoch, image_text_pipeline
+    from data.writers import write_shards
+
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    samples = [{"__key__": f"s{i:03d}", "png": buf.getvalue(), "txt": f"caption {i}".encode()} for i in range(12)]
+    urls = [str(p) for p in write_shards(tmp_path, "cap", samples, shard_size=5)]
+    assert len(urls) == 3
+
+    def epoch(rank: int) -> list[str]:
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        ds = image_text_pipeline(urls, lambda im: 0, train=True, shuffle_buffer=4, resampled=True)
+        ds = fixed_epoch(ds, samples_per_epoch=12, batch_size=4, world_size=2, num_workers=1)
+        assert len(ds) == 8  # ceil(12 / 2 ranks / 4) = 2 batches of 4 per rank
+        return [caption for _, caption in ds]
+
+    split = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        split.append(len(list(image_text_pipeline(urls, lambda im: 0, train=True))))
+    assert sorted(split) == [5, 7]
+    ranks = [epoch(0), epoch(1)]
+    assert [len(r) for r in ranks] == [8, 8] and ranks[0] != ranks[1]
+    assert epoch(0) == ranks[0]  # seeded by (seed, rank, worker): the same stream again
+    with pytest.raises(ValueError, match="data.samples_per_epoch: training on 2 ranks"):
+        check_epoch_length(None, 2, "data.samples_per_epoch")
+    check_epoch_length(None, 1, "data.samples_per_epoch")

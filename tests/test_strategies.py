@@ -7,9 +7,6 @@ import copy
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.tiny import experiment_config, module_config, tiny_world
+from tests.tiny import experiment_config, launch_fit, module_config, tiny_world
 from train.checkpoint import build_module
 from train.strategies import FSDP, DeepSpeed, decoder_layer_classes, vision_block_classes
 
@@ -137,28 +134,29 @@ class RecordFSDP(L.Callback):
 
 def test_two_process_fsdp_on_cpu(tmp_path):
     """FULL_SHARD over 2 gloo ranks, bf16 compute / fp32 reduce: a Flamingo with a ViT tower trained on
-    two weighted sources (two forwards per step through the same FSDP units, one backward)."""
+    two weighted sources (two forwards per step through the same FSDP units, one backward) for two
+    epochs, from 3 shards of unequal size per source (split, they would give one rank more batches
+    than the other and hang at the epoch's end; resampled epochs are equal on every rank)."""
     from data.shapes import write_shapes
 
     shapes = tmp_path / "shapes"
-    write_shapes(shapes, train_images=24, val_images=2, seed=0, max_objects=2, shard_size=6)  # shards for 2 ranks
-    steps = 3
-    cfg = experiment_config(shapes, tmp_path / "runs", max_steps=steps)
+    write_shapes(shapes, train_images=24, val_images=2, seed=0, max_objects=2, shard_size=10)  # 10 + 10 + 4
+    assert len(list((shapes / "shards").glob("train-*.tar"))) == 3
+    steps = 4  # 2 epochs of 2 batches per rank and source
+    cfg = experiment_config(shapes, tmp_path / "runs", max_steps=-1)
     cfg["model"] = flamingo_section(shapes, HF_CLIP)
     cfg["model"]["init_args"]["model"]["init_args"]["language"]["init_args"]["gradient_checkpointing"] = True
     cfg["trainer"].update({
-        "devices": 2, "limit_val_batches": 0, "enable_checkpointing": False,
+        "devices": 2, "limit_val_batches": 0, "enable_checkpointing": False, "max_epochs": 2,
+        "val_check_interval": None,
         "strategy": {"class_path": "train.strategies.FSDP", "init_args": {"mixed_precision": "bf16"}},
         "callbacks": [{"class_path": "tests.test_strategies.RecordFSDP", "init_args": {"out_dir": str(tmp_path)}}]})
     cfg["data"] = {"class_path": "data.multisource.MultiSourceDataModule", "init_args": {"num_workers": 0, "sources": {
-        "captions": {"shards": str(shapes / "shards" / "train-*.tar"), "weight": 0.2, "batch_size": 3},
-        "documents": {"shards": str(shapes / "shards" / "interleaved-train-*.tar"), "weight": 1.0, "batch_size": 2}}}}
-    path = tmp_path / "fsdp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    proc = subprocess.run([sys.executable, "-m", "train.cli", "fit", "--config", str(path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        "captions": {"shards": str(shapes / "shards" / "train-*.tar"), "weight": 0.2, "batch_size": 3,
+                     "samples_per_epoch": 12},
+        "documents": {"shards": str(shapes / "shards" / "interleaved-train-*.tar"), "weight": 1.0, "batch_size": 2,
+                      "samples_per_epoch": 8}}}}
+    launch_fit(cfg, tmp_path / "fsdp.yaml")
 
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rec in records:
