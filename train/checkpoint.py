@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from jsonargparse import ArgumentParser
+
+from models.safe_load import safe_load
 
 
 def build_module(model_config: dict) -> L.LightningModule:
@@ -19,10 +20,8 @@ def build_module(model_config: dict) -> L.LightningModule:
 
 def load_module(ckpt_path: str | Path, map_location: str = "cpu") -> L.LightningModule:
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    config = ckpt.get("chimera_config")
+    ckpt = safe_load(path, map_location)
+    config = ckpt.get("chimera_config") if isinstance(ckpt, dict) else None
     if not config:
         raise ValueError(f"{path} has no `chimera_config`: it was not written by `chimera fit`")
     module = build_module(config)
