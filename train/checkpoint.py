@@ -8,6 +8,7 @@ import lightning as L
 from jsonargparse import ArgumentParser
 
 from models.safe_load import safe_load
+from train.config_compat import drop_unknown_args
 
 
 def build_module(model_config: dict) -> L.LightningModule:
@@ -24,6 +25,7 @@ def load_module(ckpt_path: str | Path, map_location: str = "cpu") -> L.Lightning
     config = ckpt.get("chimera_config") if isinstance(ckpt, dict) else None
     if not config:
         raise ValueError(f"{path} has no `chimera_config`: it was not written by `chimera fit`")
+    config = drop_unknown_args(config)  # options removed since the checkpoint was written
     module = build_module(config)
     module.load_state_dict(ckpt["state_dict"])
     module.chimera_config = config
