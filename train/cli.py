@@ -71,6 +71,8 @@ def data_main(argv: list[str]) -> None:
         elif args.world == "coco-captions":
             n = eval_formats.convert_coco_captions(args.captions, args.image_dir, args.out)
         else:
+            if not all("=" in s for s in args.splits):
+                parser.error(f"--splits takes SPLIT=FILE pairs, got {args.splits}")
             splits = dict(s.split("=", 1) for s in args.splits)
             n = eval_formats.convert_pope(splits, args.image_dir, args.out)
         print(f"wrote {n} records to {args.out}")

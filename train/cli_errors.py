@@ -43,8 +43,8 @@ def one_line(command: str, err: BaseException) -> str:
     while _raised_in_jsonargparse(err) and isinstance(err.__cause__ or err.__context__, user_errors()):
         err = err.__cause__ or err.__context__
     text = " ".join(str(err).split()) or type(err).__name__
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
-        text = f"{text}: {err.filename}"
+    if isinstance(err, OSError) and err.filename and err.strerror and text.startswith("[Errno"):
+        text = f"{err.strerror.lower()}: {err.filename}"  # as `open` raises it: "[Errno 2] ..."
     return f"chimera {command}: {text}"
 
 
