@@ -7,6 +7,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from models.safe_load import safe_load
+from train.fit_errors import ChimeraArgumentParser
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
@@ -49,4 +50,5 @@ def run_lightning_cli(args: list[str] | None) -> None:
             "plugins": [{"class_path": "train.checkpoint_io.SafeCheckpointIO"}],
         },
         parser_kwargs={"parser_mode": "yaml"},
+        parser_class=ChimeraArgumentParser,  # config errors in one line (train/fit_errors.py)
     )
