@@ -36,6 +36,8 @@ def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -
         found = re.search(r"GLOBAL (\S+)", str(err))
         what = f"it asks to run {found.group(1)}" if found else "it holds objects other than tensors and plain data"
         raise CheckpointError(f"refusing to load {path}: {what} (checkpoints are loaded as data only)") from err
+    except MemoryError:
+        raise
     except Exception as err:  # a cut-off or foreign file fails in many ways (zip, pickle, EOF, key errors)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first}") from err
