@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from models.safe_load import safe_load
+
 ARCH_DIR = Path(__file__).resolve().parent.parent / "configs" / "arch"
 
 
@@ -385,7 +387,7 @@ def load_openflamingo_checkpoint(model, checkpoint: str | Path | dict[str, Tenso
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"OpenFlamingo checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path)
     state = state.get("model_state_dict", state)  # open_flamingo's resumable training checkpoints
     mapped = openflamingo_to_chimera(state, model)
     missing, unexpected = model.load_state_dict(mapped, strict=False)

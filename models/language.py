@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAn
 
 from data.templates import IMAGE_TOKEN, PAD_TOKEN
 from models.peft import Bottleneck, LlamaAdapter, LoRA, base_state_dict, is_4bit, load_4bit_pre_hook, merge_lora
+from models.safe_load import safe_load
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,7 +40,8 @@ def checkpoint_weights(ckpt_path: str | Path, prefix: str, what: str) -> dict[st
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    ckpt = safe_load(path)
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{path} holds no `{prefix}*` weights: not a checkpoint of `chimera fit` with that part")

@@ -7,16 +7,13 @@ and jsonargparse validates it; `apply(model)` returns the adapted model and
 
 from __future__ import annotations
 
+import logging
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
-import sys
-
 import torch
-from peft import AdaptionPromptConfig, LoraConfig, get_peft_model
-from peft.tuners.adaption_prompt.layer import _BaseAdaptedAttention
-from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -27,6 +24,31 @@ def bitsandbytes():
     import bitsandbytes as bnb
 
     return bnb
+
+
+def peft():
+    """peft, imported when an adapter is applied. Importing peft imports bitsandbytes, whose CPU
+    backend warns that an optional 4-bit kernel is missing; that concerns 4-bit layers only, so it
+    is quieted here (a 4-bit LM imports bitsandbytes earlier, through transformers, and shows it)."""
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import peft as lib
+    finally:
+        logger.setLevel(level)
+    return lib
+
+
+def adapter_layer_types() -> tuple[type | tuple, type | tuple]:
+    """peft's LoRA and adaption-prompt layer classes (for isinstance); if peft was never
+    imported no such layer can exist, and `()` matches nothing."""
+    if "peft" not in sys.modules:
+        return (), ()
+    from peft.tuners.adaption_prompt.layer import _BaseAdaptedAttention
+    from peft.tuners.lora import LoraLayer
+
+    return LoraLayer, _BaseAdaptedAttention
 
 
 def is_4bit(module: nn.Module) -> bool:
@@ -59,12 +81,14 @@ class LoRA:
     target_modules: list[str] | None = None
 
     def apply(self, model: PreTrainedModel) -> PreTrainedModel:
-        cfg = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, task_type="CAUSAL_LM",
-                         target_modules=self.target_modules or linear_layer_names(model))
-        return get_peft_model(model, cfg)
+        lib = peft()
+        cfg = lib.LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, task_type="CAUSAL_LM",
+                             target_modules=self.target_modules or linear_layer_names(model))
+        return lib.get_peft_model(model, cfg)
 
     def adapter_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        return [p for m in model.modules() if isinstance(m, LoraLayer)
+        lora_layer, _ = adapter_layer_types()
+        return [p for m in model.modules() if isinstance(m, lora_layer)
                 for d in (m.lora_A, m.lora_B) for p in d.parameters()]
 
 
@@ -77,12 +101,14 @@ class LlamaAdapter:
     adapter_layers: int = 2
 
     def apply(self, model: PreTrainedModel) -> PreTrainedModel:
-        cfg = AdaptionPromptConfig(adapter_len=self.adapter_len, adapter_layers=self.adapter_layers,
-                                   task_type="CAUSAL_LM")
-        return get_peft_model(model, cfg)
+        lib = peft()
+        cfg = lib.AdaptionPromptConfig(adapter_len=self.adapter_len, adapter_layers=self.adapter_layers,
+                                       task_type="CAUSAL_LM")
+        return lib.get_peft_model(model, cfg)
 
     def adapter_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        return [p for m in model.modules() if isinstance(m, _BaseAdaptedAttention)
+        _, adapted_attention = adapter_layer_types()
+        return [p for m in model.modules() if isinstance(m, adapted_attention)
                 for p in (m.adaption_prompt, m.adaption_gate)]
 
 
@@ -163,10 +189,11 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict the model had before adapters: wrapper modules (LoRA, adaption prompt,
     `Adapted`) are looked through at their own path and their adapter entries dropped."""
     out: dict[str, torch.Tensor] = {}
+    lora_layer, adapted_attention = adapter_layer_types()
 
     def visit(mod: nn.Module, prefix: str) -> None:
-        inner = (mod.get_base_layer() if isinstance(mod, LoraLayer) else mod.model
-                 if isinstance(mod, _BaseAdaptedAttention) else mod.inner if isinstance(mod, Adapted) else None)
+        inner = (mod.get_base_layer() if isinstance(mod, lora_layer) else mod.model
+                 if isinstance(mod, adapted_attention) else mod.inner if isinstance(mod, Adapted) else None)
         if inner is not None:
             return visit(inner, prefix)
         mod._save_to_state_dict(out, prefix, keep_vars=False)  # this module's own entries only
@@ -203,7 +230,7 @@ def load_4bit_pre_hook(module: nn.Module, state_dict: dict, prefix: str, *args) 
                 state_dict[key], stats, requires_grad=False, device=mod.weight.device, module=mod)
 
 
-def _dense_linear(q: nn.Module, lora: LoraLayer | None, dtype: torch.dtype) -> nn.Linear:
+def _dense_linear(q: nn.Module, lora: nn.Module | None, dtype: torch.dtype) -> nn.Linear:
     dense = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None, dtype=dtype, device=q.weight.device)
     with torch.no_grad():
         weight = dense_weight(q, torch.float32)
@@ -219,10 +246,11 @@ def merge_lora(peft_model, dtype: torch.dtype = torch.float32) -> PreTrainedMode
     """Fold LoRA into dense weights. A 4-bit base is dequantised first, so the result is a plain
     dense model (peft's own 4-bit merge would requantise W + BA and lose the update's precision)."""
     base = peft_model.get_base_model()
-    loras = {id(m.get_base_layer()): m for m in base.modules() if isinstance(m, LoraLayer)}
+    lora_layer, _ = adapter_layer_types()
+    loras = {id(m.get_base_layer()): m for m in base.modules() if isinstance(m, lora_layer)}
     replace = []  # (path, Linear4bit, its LoRA wrapper or None); the wrapper's path is replaced
     for name, mod in base.named_modules():
-        if isinstance(mod, LoraLayer) and is_4bit(mod.get_base_layer()):
+        if isinstance(mod, lora_layer) and is_4bit(mod.get_base_layer()):
             replace.append((name, mod.get_base_layer(), mod))
         elif is_4bit(mod) and id(mod) not in loras:
             replace.append((name, mod, None))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from jsonargparse import ArgumentParser
+
+from models.safe_load import safe_load
+from train.config_compat import drop_unknown_args
 
 
 def build_module(model_config: dict) -> L.LightningModule:
@@ -19,12 +21,11 @@ def build_module(model_config: dict) -> L.LightningModule:
 
 def load_module(ckpt_path: str | Path, map_location: str = "cpu") -> L.LightningModule:
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    config = ckpt.get("chimera_config")
+    ckpt = safe_load(path, map_location)
+    config = ckpt.get("chimera_config") if isinstance(ckpt, dict) else None
     if not config:
         raise ValueError(f"{path} has no `chimera_config`: it was not written by `chimera fit`")
+    config = drop_unknown_args(config)  # options removed since the checkpoint was written
     module = build_module(config)
     module.load_state_dict(ckpt["state_dict"])
     module.chimera_config = config

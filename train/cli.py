@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from train.cli_errors import EXIT_STATUS, one_line, split_debug, user_errors
 
 USAGE = """usage: chimera COMMAND ...
 
@@ -68,6 +71,8 @@ def data_main(argv: list[str]) -> None:
         elif args.world == "coco-captions":
             n = eval_formats.convert_coco_captions(args.captions, args.image_dir, args.out)
         else:
+            if not all("=" in s for s in args.splits):
+                parser.error(f"--splits takes SPLIT=FILE pairs, got {args.splits}")
             splits = dict(s.split("=", 1) for s in args.splits)
             n = eval_formats.convert_pope(splits, args.image_dir, args.out)
         print(f"wrote {n} records to {args.out}")
@@ -99,9 +104,28 @@ def generate_main(argv: list[str]) -> None:
     print(generate_answer(args.ckpt, args.prompt, args.image, args.max_new_tokens))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, plain_errors: bool | None = None) -> None:
+    """The console script. From the shell (or with `plain_errors=True`) a user error is one line on
+    stderr and exit status 2 (train/cli_errors.py); called from Python it raises, for the caller."""
     from_command_line = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
+    if debug:
+        os.environ["CHIMERA_DEBUG"] = "1"  # DDP re-launches this command: its ranks inherit it
+    if from_command_line:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself (it warns when given both)
+    if plain_errors is None:
+        plain_errors = from_command_line
+    command = argv[0] if argv else ""
+    try:
+        run_command(argv, from_command_line)
+    except user_errors() as err:
+        if debug or not plain_errors:
+            raise
+        print(one_line(command, err), file=sys.stderr)
+        sys.exit(EXIT_STATUS)
+
+
+def run_command(argv: list[str], from_command_line: bool = False) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
@@ -109,7 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     if command in ("fit", "validate", "test", "predict"):
         from train.fit_cli import run_lightning_cli
 
-        # from the shell LightningCLI reads sys.argv itself (it warns when given both)
         run_lightning_cli(None if from_command_line else [command, *rest])
     elif command == "data":
         data_main(rest)
@@ -145,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
 
         curate_main(rest)
     else:
-        sys.exit(f"chimera: unknown command {command!r}\n\n{USAGE}")
+        print(f"chimera: unknown command {command!r} (`chimera --help` lists them)", file=sys.stderr)
+        sys.exit(EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 import yaml
+
+from train.checkpoint_io import atomic_save
 
 
 def export_checkpoint(ckpt: str | Path, fmt: str, out_dir: str | Path) -> Path:
@@ -36,7 +37,7 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out_dir: str | Path) -> Path:
 
 def _save_module(module, config: dict, out: Path, source: str) -> Path:
     path = out / "model.ckpt"
-    torch.save({"state_dict": module.state_dict(), "chimera_config": config, "imported_from": source}, path)
+    atomic_save({"state_dict": module.state_dict(), "chimera_config": config, "imported_from": source}, path)
     return path
 
 

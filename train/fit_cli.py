@@ -6,6 +6,11 @@ import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
+from models.safe_load import safe_load
+from train.fit_errors import ChimeraArgumentParser
+
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
 
 def _to_dict(value):
     if isinstance(value, Namespace):
@@ -16,6 +21,15 @@ def _to_dict(value):
 
 
 class ChimeraCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        """A `--ckpt_path` that is missing, truncated or not data fails here, in one line naming it,
+        before anything is built (Lightning would first read it raw, then build, then load)."""
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        ckpt = (self.config[sub] if sub else self.config).get("ckpt_path")
+        if ckpt and str(ckpt) not in SPECIAL_CKPT_PATHS and "://" not in str(ckpt):
+            safe_load(ckpt, mmap=True)  # reads the pickle and the archive's index, not the tensors
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -32,6 +46,9 @@ def run_lightning_cli(args: list[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            # checkpoints are saved atomically and read as data only (train/checkpoint_io.py)
+            "plugins": [{"class_path": "train.checkpoint_io.SafeCheckpointIO"}],
         },
         parser_kwargs={"parser_mode": "yaml"},
+        parser_class=ChimeraArgumentParser,  # config errors in one line (train/fit_errors.py)
     )

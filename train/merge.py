@@ -10,9 +10,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import torch
-
 from train.checkpoint import load_module
+from train.checkpoint_io import atomic_save
 
 
 def _language_args(config: dict) -> dict:
@@ -34,6 +33,6 @@ def merge_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "merged.ckpt"
-    torch.save({"state_dict": module.state_dict(), "chimera_config": config, "merged_from": str(ckpt)}, path)
+    atomic_save({"state_dict": module.state_dict(), "chimera_config": config, "merged_from": str(ckpt)}, path)
     module.model.language.save_pretrained(out / "language")
     return path

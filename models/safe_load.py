@@ -1,0 +1,43 @@
+"""Read a checkpoint as data: `torch.load(weights_only=True)`, never arbitrary unpickling.
+
+A `.ckpt` from someone else must not run code when it is opened, so every checkpoint read in
+Chimera (`load_module`, `init_from`, `weights_from`, Lightning's resume) goes through `safe_load`.
+Lightning checkpoints of ours hold only tensors, numbers, strings and containers, which the
+weights-only unpickler accepts without help; `SAFE_GLOBALS` is where a type would be added if a
+checkpoint ever needed one (it is kept empty until one does).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SAFE_GLOBALS: list = []
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as data: truncated, not a torch file, or asking to run code."""
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)`; unreadable files raise one `CheckpointError` naming them.
+    `mmap=True` maps the tensors instead of reading them (a cheap check of a large file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"it asks to run {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"refusing to load {path}: {what} (checkpoints are loaded as data only)") from err
+    except MemoryError:
+        raise
+    except Exception as err:  # a cut-off or foreign file fails in many ways (zip, pickle, EOF, key errors)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first}") from err
