@@ -3,7 +3,8 @@
 The text is rendered once with `apply_chat_template(..., tokenize=False)`. A target starts where
 the generation prompt for that answer ends (rendering the turns before it with
 `add_generation_prompt=True`) and runs to the end of the answer's content plus the special token
-that closes it (`<|im_end|>`, `<|eot_id|>`, `</s>`), found in the rendered text.
+that closes it (`<|im_end|>`, `<|eot_id|>`, `</s>`) when the template writes one right after it
+(rendering the turns up to that answer tells where its turn ends).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def chat_template_segments(conversations: list[dict], tokenizer: PreTrainedToken
         if at < 0:
             raise ValueError(f"assistant turn {k} content not found in the rendered chat_template text")
         end = at + len(msg["content"])
-        found = closing.match(full, end)
+        # the closing token is searched for in this turn's own text only, never the next turn's start
+        turn = render(tokenizer, msgs[:k + 1], add_generation_prompt=False)
+        found = closing.match(full, end, len(turn) if full.startswith(turn) else len(full))
         end = found.end() if found else end
         segs += [Segment(full[cursor:len(prompt)], False), Segment(full[len(prompt):end], True)]
         cursor = end

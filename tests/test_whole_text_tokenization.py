@@ -107,3 +107,12 @@ def test_plain_is_llavas_preprocess_plain():
     head = len(tokenizer_image_token(IMAGE_TOKEN, tok, image_id))  # [BOS, image] are masked
     assert head == 2 and labels == [IGNORE_INDEX] * head + reference[head:]
     assert "Describe" not in tok.decode(ids)
+
+
+def test_a_chat_template_without_an_end_token_targets_the_answer_alone():
+    """The next turn's opening special token is not the answer's end token."""
+    tok = qwen2_style()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    ids, labels = tokenize_conversation(CONV, tok, ChatTemplate.named("chat_template"))
+    assert [tok.decode(r) for r in target_runs(ids, labels)] == [CONV[1]["value"], CONV[3]["value"]]
