@@ -118,12 +118,13 @@ def qa_rows(split: str, index: int, qas: Sequence[QA]) -> list[dict]:
 
 
 def qa_texts(records: Iterable[dict]) -> Iterable[str]:
-    """Each conversation as the default template renders it, images removed: tokenizer training
-    text. Whole-text tokenization puts an answer's leading space inside its first token
-    ("ASSISTANT: yes" -> " yes"), so the tokenizer learns words in that context."""
+    """Tokenizer training text: each conversation as the default template renders it, split at
+    its images as the tokenizer splits text at added tokens. Whole-text tokenization puts an
+    answer's leading space inside its first token ("ASSISTANT: yes" -> " yes"), so the tokenizer
+    learns words in that context."""
     template = ChatTemplate()
     for rec in records:
-        yield template.render(rec["conversations"]).replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "")
+        yield from template.render(rec["conversations"]).split(IMAGE_TOKEN)
 
 
 def write_shards(pattern_dir: Path, prefix: str, samples: Iterable[dict], shard_size: int) -> list[Path]:
