@@ -22,8 +22,10 @@ from data.tokenize import Unfit, tokenize_conversation
 
 
 class PreferenceDataset(Dataset):
+    """`max_length` counts each `<image>` as `num_image_tokens` positions when given (else one)."""
+
     def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                 transform: Callable, max_length: int | None = None) -> None:
+                 transform: Callable, max_length: int | None = None, num_image_tokens: int | None = None) -> None:
         self.path = Path(path)
         self.records = read_records(self.path)
         for n, rec in enumerate(self.records):
@@ -32,13 +34,14 @@ class PreferenceDataset(Dataset):
                 raise ValueError(f"{self.path}: record {n} lacks {sorted(missing)}")
         self.root = self.path.parent
         self.tokenizer, self.template, self.transform, self.max_length = tokenizer, template, transform, max_length
+        self.image_tokens = num_image_tokens or 1
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _row(self, prompt: str, response: str) -> tuple[torch.Tensor, torch.Tensor]:
         turns = [{"from": "human", "value": prompt}, {"from": "gpt", "value": response}]
-        ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length)
+        ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length, self.image_tokens)
         return torch.tensor(ids), torch.tensor(labels)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | Dropped | None:

@@ -72,3 +72,23 @@ def test_a_literal_image_token_in_a_text_only_record_names_the_record(tok, tmp_p
     bad = [*RECORDS, {"id": "stray", "conversations": conv("What does <image> mean in HTML?", "nothing")}]
     with pytest.raises(ValueError, match=r"stray \(1 <image>, 0 images\)"):
         ConversationDataset(write(tmp_path, bad), tok, ChatTemplate(), lambda im: torch.zeros(3, 4, 4))
+
+
+def test_a_preference_pair_that_cannot_fit_is_dropped(tok, tmp_path):
+    from data.preference_dataset import PreferenceCollator, PreferenceDataset
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    pairs = [{"id": "fits", "image": "a.png", "prompt": "What is the shape of the red object?",
+              "chosen": "circle", "rejected": "square"},
+             {"id": "image_past_the_end", "image": "a.png", "prompt": f"{LONG} <image>",
+              "chosen": "left", "rejected": "right"}]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(p) for p in pairs))
+    fits, _ = tokenize_conversation(conv("<image>\nWhat is the shape of the red object?", "square"), tok,
+                                    ChatTemplate())
+    ds = PreferenceDataset(tmp_path / "pairs.jsonl", tok, ChatTemplate(), lambda im: torch.zeros(3, 4, 4),
+                           max_length=len(fits) + IMAGE_TOKENS - 1, num_image_tokens=IMAGE_TOKENS)
+    items = [ds[0], ds[1]]
+    assert isinstance(items[1], Dropped) and items[1].sample == "image_past_the_end"
+    batch = PreferenceCollator(tok.pad_token_id)(items)
+    assert (batch["skipped"], batch["dropped"], batch["num_pairs"]) == (0, 1, 1)
+    assert batch["input_ids"].shape[0] == 2 and ((batch["labels"] != IGNORE_INDEX).sum(1) > 0).all()
