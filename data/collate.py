@@ -1,11 +1,33 @@
-"""Batching: pad token rows, concatenate images in order, count and drop unreadable samples."""
+"""Batching: pad token rows, concatenate images in order, count and leave out unusable samples.
+
+A dataset item is a dict, None (unreadable: an image missing or corrupt, counted as `skipped`)
+or `Dropped` (readable but untrainable: too long to fit without cutting an image, or no target
+token left after truncation, counted as `dropped`). Both counts travel in every batch.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from data.tokenize import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An item left out on purpose; `sample` names it and `reason` says why (for debugging)."""
+
+    sample: str
+    reason: str
+
+
+def usable(items: list) -> tuple[list[dict], dict]:
+    """The dict items, and the batch's `skipped` / `dropped` counts."""
+    good = [it for it in items if isinstance(it, dict)]
+    dropped = sum(isinstance(it, Dropped) for it in items)
+    return good, {"skipped": len(items) - len(good) - dropped, "dropped": dropped}
 
 
 def pad_rows(rows: list[Tensor], value: int, left: bool) -> Tensor:
@@ -30,9 +52,8 @@ class Collator:
     def __init__(self, pad_token_id: int, left_pad: bool = False) -> None:
         self.pad_token_id, self.left_pad = pad_token_id, left_pad
 
-    def __call__(self, items: list[dict | None]) -> dict:
-        good = [it for it in items if it is not None]
-        batch: dict = {"skipped": len(items) - len(good)}
+    def __call__(self, items: list) -> dict:
+        good, batch = usable(items)
         if not good:
             return batch
         ids = [it["input_ids"] for it in good]

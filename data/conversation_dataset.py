@@ -11,9 +11,10 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from data.collate import Dropped
 from data.images import load_image
 from data.templates import IMAGE_TOKEN, ChatTemplate
-from data.tokenize import tokenize_conversation, tokenize_prompt, tokenize_segments
+from data.tokenize import Unfit, tokenize_conversation, tokenize_generation_prompt, tokenize_prompt
 
 
 def read_json_lines(path: str | Path) -> list[dict]:
@@ -76,6 +77,31 @@ def readable_image_batches(records: list[dict], root: Path, transform: Callable,
             yield idx, torch.stack(pixels)
 
 
+def image_count(record: dict) -> int:
+    """How many images a record names (`image`: a path, a list of paths or absent)."""
+    image = record.get("image")
+    return 0 if image is None else 1 if isinstance(image, str) else len(image)
+
+
+def check_image_placeholders(records: list[dict], path: Path) -> None:
+    """Every record's `<image>` placeholders are none (one is added) or one per image.
+
+    A literal `<image>` in a text-only record is an error naming the record, at construction
+    (before training starts), rather than escaped: escaping would change the text the record
+    means, and a mismatch otherwise surfaces mid-run as "batch has 2 <image> tokens but 1 images"
+    without naming the sample.
+    """
+    bad = []
+    for n, rec in enumerate(records):
+        placeholders = sum(t.get("value", "").count(IMAGE_TOKEN) for t in rec.get("conversations", ())
+                           if isinstance(t.get("value"), str))
+        if placeholders and placeholders != image_count(rec):
+            bad.append(f"{rec.get('id', f'record {n}')} ({placeholders} {IMAGE_TOKEN}, {image_count(rec)} images)")
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} records have {IMAGE_TOKEN} placeholders that do not match their "
+                         f"images (a text-only record may not contain {IMAGE_TOKEN}): {', '.join(bad[:5])}")
+
+
 def sample_turns(turns: list[dict], k: int, rng: random.Random) -> list[dict]:
     """A random subset of k question/answer pairs, in their original order, image first.
 
@@ -85,28 +111,36 @@ def sample_turns(turns: list[dict], k: int, rng: random.Random) -> list[dict]:
     pairs = [turns[i:i + 2] for i in range(0, len(turns) - 1, 2)]
     if len(pairs) <= k:
         return turns
-    had_image = IMAGE_TOKEN in turns[0]["value"]
+    images = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
     keep = sorted(rng.sample(range(len(pairs)), k))
     out = []
     for i in keep:
         human, gpt = pairs[i]
         out += [{**human, "value": human["value"].replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "")}, gpt]
-    if had_image:
-        out[0] = {**out[0], "value": IMAGE_TOKEN + "\n" + out[0]["value"]}
+    if images:
+        out[0] = {**out[0], "value": (IMAGE_TOKEN + "\n") * images + out[0]["value"]}
     return out
 
 
 class ConversationDataset(Dataset):
-    """One item per conversation; an unreadable image makes the item None (collate skips it).
+    """One item per conversation; an unreadable image makes the item None (collate counts it as
+    skipped), a conversation that cannot be trained on makes it `Dropped` (counted as dropped):
+    one that does not fit `max_length` without cutting an image, or with no target token left.
 
-    `max_turns` keeps a random subset of that many question/answer pairs per visit.
+    `max_length` counts LM positions: each `<image>` as the `num_image_tokens` positions it widens
+    to when given (else one). `max_turns` keeps a random subset of that many question/answer
+    pairs per visit. Placeholders are checked at construction (`check_image_placeholders`).
     """
 
     def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                  transform: Callable, max_length: int | None = None, max_turns: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, num_image_tokens: int | None = None) -> None:
         self.path = Path(path)
         self.records = read_records(self.path)
+        check_image_placeholders(self.records, self.path)
+        if num_image_tokens is not None and num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+        self.image_tokens = num_image_tokens or 1
         self.root = self.path.parent
         self.tokenizer, self.template, self.transform, self.max_length = tokenizer, template, transform, max_length
         if max_turns is not None and max_turns < 1:
@@ -117,7 +151,7 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | Dropped | None:
         """`key`: an index, or `(index, epoch)` from `ResumableSampler`; the turns sampled for a
         visit depend only on (seed, index, epoch), so they replay exactly after a resume."""
         i, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -129,8 +163,12 @@ class ConversationDataset(Dataset):
         if self.max_turns is not None:
             turns = sample_turns(turns, self.max_turns, random.Random(f"{self.seed}-{i}-{epoch}"))
         if pixels is not None and not any(IMAGE_TOKEN in t["value"] for t in turns):
-            turns = [{**turns[0], "value": IMAGE_TOKEN + "\n" + turns[0]["value"]}] + turns[1:]
-        ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length)
+            turns = [{**turns[0], "value": (IMAGE_TOKEN + "\n") * len(pixels) + turns[0]["value"]}] + turns[1:]
+        try:
+            ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length,
+                                                self.image_tokens)
+        except Unfit as err:
+            return Dropped(str(rec.get("id", i)), str(err))
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": pixels}
 
 
@@ -156,7 +194,7 @@ class PromptDataset(Dataset):
             return None
         prompt = self.prompts[i]
         if isinstance(prompt, list):  # a conversation ending with the question (few-shot)
-            ids, _ = tokenize_segments(self.template.segments(prompt, add_generation_prompt=True), self.tokenizer)
+            ids = tokenize_generation_prompt(prompt, self.tokenizer, self.template)
         else:
             ids = tokenize_prompt(prompt, self.tokenizer, self.template, image=pixels is not None)
         return {"input_ids": torch.tensor(ids), "pixel_values": pixels,

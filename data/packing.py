@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from data.collate import count_targets, pad_rows
+from data.collate import count_targets, pad_rows, usable
 from data.tokenize import IGNORE_INDEX
 
 
@@ -47,9 +47,8 @@ class PackingCollator:
         """Positions a sample takes in the LM once its `<image>` tokens are widened."""
         return len(input_ids) + int((input_ids == self.image_token_id).sum()) * (self.image_tokens - 1)
 
-    def __call__(self, items: list[dict | None]) -> dict:
-        good = [it for it in items if it is not None]
-        batch: dict = {"skipped": len(items) - len(good)}
+    def __call__(self, items: list) -> dict:
+        good, batch = usable(items)
         if not good:
             return batch
         bins = first_fit_decreasing([self.lm_length(it["input_ids"]) for it in good], self.max_length)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from webdataset import TarWriter
 
-from data.templates import IMAGE_TOKEN
+from data.templates import IMAGE_TOKEN, ChatTemplate
 
 STREAMS = ("train", "val", "probes", "preferences-train", "preferences-val", "documents-train", "documents-val")  # append only: seeds stay stable
 
@@ -118,12 +118,13 @@ def qa_rows(split: str, index: int, qas: Sequence[QA]) -> list[dict]:
 
 
 def qa_texts(records: Iterable[dict]) -> Iterable[str]:
-    """Every turn's text (image token stripped) from LLaVA records: tokenizer training text."""
-    prefix = IMAGE_TOKEN + "\n"
+    """Tokenizer training text: each conversation as the default template renders it, split at
+    its images as the tokenizer splits text at added tokens. Whole-text tokenization puts an
+    answer's leading space inside its first token ("ASSISTANT: yes" -> " yes"), so the tokenizer
+    learns words in that context."""
+    template = ChatTemplate()
     for rec in records:
-        for turn in rec["conversations"]:
-            value = turn["value"]
-            yield value[len(prefix):] if value.startswith(prefix) else value
+        yield from template.render(rec["conversations"]).split(IMAGE_TOKEN)
 
 
 def write_shards(pattern_dir: Path, prefix: str, samples: Iterable[dict], shard_size: int) -> list[Path]:

@@ -39,7 +39,7 @@ def test_collator_drops_none_items_and_counts_them():
     assert batch["pixel_values"].shape == (1, 3, 4, 4)
     left = Collator(pad_token_id=0, left_pad=True)([short, item])
     assert left["input_ids"].tolist() == [[0, 1, 2], [1, 2, 3]]
-    assert Collator(0)([None, None]) == {"skipped": 2}
+    assert Collator(0)([None, None]) == {"skipped": 2, "dropped": 0}
 
 
 def test_read_records_names_file_and_line(tmp_path):

@@ -63,7 +63,8 @@ def test_preference_file_and_label_masks(shapes):
     rec = ds.records[0]
     for row, text in ((0, rec["chosen"]), (2, rec["rejected"])):
         targets = [i for i, lab in zip(batch["input_ids"][row].tolist(), batch["labels"][row].tolist()) if lab != -100]
-        assert targets == tok(text + "</s>", add_special_tokens=False)["input_ids"]
+        # the response's ids as the whole text has them: with the space after "ASSISTANT:"
+        assert targets == tok(" " + text + "</s>", add_special_tokens=False)["input_ids"]
 
 
 def test_dpo_stage_lowers_loss_and_grows_margin(shapes, tmp_path):

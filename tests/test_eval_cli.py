@@ -57,7 +57,8 @@ def test_predictions_identical_at_batch_size_1_and_8(trained, tmp_path):
     weights answers every prompt differently, so equal outputs are not equal by accident."""
     world = trained[0]
     cfg = module_config(world)
-    cfg["init_args"]["model"]["init_args"]["language"]["init_args"]["config"]["initializer_range"] = 0.2
+    # 0.4: 12-13 of the 16 answers differ with the world tokenizer (0.2 gave 6 once it learnt " square")
+    cfg["init_args"]["model"]["init_args"]["language"]["init_args"]["config"]["initializer_range"] = 0.4
     module = build_module(cfg).eval()
     files = {"vqa": world / "val_qa.jsonl"}
     for beams in (1, 3):

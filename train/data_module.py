@@ -16,6 +16,11 @@ from data.sampling import ResumableSampler
 from models.llava import LLaVA
 
 
+def image_positions(model) -> int | None:
+    """LM positions one `<image>` takes: LLaVA splices its image tokens in; a Flamingo keeps one."""
+    return model.num_image_tokens if isinstance(model, LLaVA) else None
+
+
 class ConversationDataModule(L.LightningDataModule):
     """`pack_length`: pack each training batch's conversations into rows of at most this many
     LM positions (`data.packing`; LLaVA-style models), instead of padding every sample to the longest."""
@@ -70,7 +75,8 @@ class ConversationDataModule(L.LightningDataModule):
 
     def build_train_set(self, model, template):
         return ConversationDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
-                                   self.max_length, max_turns=self.max_turns)
+                                   self.max_length, max_turns=self.max_turns,
+                                   num_image_tokens=image_positions(model))
 
     def train_collator(self):
         return self.packer or Collator(self.pad_id)
@@ -115,7 +121,7 @@ class PreferenceDataModule(ConversationDataModule):
 
     def build_train_set(self, model, template):
         return PreferenceDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
-                                 self.max_length)
+                                 self.max_length, num_image_tokens=image_positions(model))
 
     def train_collator(self):
         return PreferenceCollator(self.pad_id)

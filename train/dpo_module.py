@@ -41,7 +41,7 @@ class DPOModule(VLMModule):
     token_weighted_loss = False  # a loss per preference pair, not per token
 
     def training_step(self, batch: dict, batch_idx: int):
-        self.skipped_samples += batch["skipped"]
+        self.count_unused(batch)
         if "input_ids" not in batch:  # every pair unreadable: a zero loss every rank steps through
             if self._last_good is None:
                 return zero_through_parameters(self)

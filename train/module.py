@@ -111,7 +111,8 @@ class VLMModule(L.LightningModule):
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.max_new_tokens, self.num_logged_samples = max_new_tokens, num_logged_samples
         self.type_groups: dict[str, list[str]] = {}
-        self.skipped_samples = 0
+        self.skipped_samples = 0  # unreadable (missing or corrupt image)
+        self.dropped_samples = 0  # readable, but cannot fit max_length or has no target left
         self.chimera_config: dict | None = None  # the resolved model config, set by the CLI
         self._val_records: list[dict] = []
         self._fit_start: float | None = None
@@ -186,8 +187,7 @@ class VLMModule(L.LightningModule):
         same collectives, and Lightning does not support a skipped step under DDP/FSDP."""
         sources = split_sources(batch)
         for _, part in sources.values():
-            self.skipped_samples += part["skipped"]
-        self.log("train/skipped_samples", float(self.skipped_samples), on_step=True, reduce_fx="max")
+            self.count_unused(part)
         for _, part in sources.values():  # collators count on the host (data.collate.count_targets)
             if "labels" in part and "num_targets" not in part:
                 part["num_targets"] = count_targets(part["labels"])
@@ -200,6 +200,13 @@ class VLMModule(L.LightningModule):
                                                                                   for _, p in usable.values()))
         self._window_targets += tokens
         return total * tokens
+
+    def count_unused(self, batch: dict) -> None:
+        """Add up and log the samples a batch could not use (collators count them; never fatal)."""
+        self.skipped_samples += batch.get("skipped", 0)
+        self.dropped_samples += batch.get("dropped", 0)
+        self.log("train/skipped_samples", float(self.skipped_samples), on_step=True, reduce_fx="max")
+        self.log("train/dropped_samples", float(self.dropped_samples), on_step=True, reduce_fx="max")
 
     def _weighted_loss(self, sources: dict, batch_idx: int, log: bool) -> tuple[torch.Tensor, int]:
         """(sum of weight x mean loss over the sources, target tokens of the micro-batch)."""
@@ -307,6 +314,8 @@ class VLMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["chimera_config"] = self.chimera_config
         checkpoint["skipped_samples"] = self.skipped_samples
+        checkpoint["dropped_samples"] = self.dropped_samples
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_samples = checkpoint.get("skipped_samples", 0)
+        self.dropped_samples = checkpoint.get("dropped_samples", 0)
