@@ -1,8 +1,9 @@
 """Batching: pad token rows, concatenate images in order, count and leave out unusable samples.
 
-A dataset item is a dict, None (unreadable: an image missing or corrupt, counted as `skipped`)
-or `Dropped` (readable but untrainable: too long to fit without cutting an image, or no target
-token left after truncation, counted as `dropped`). Both counts travel in every batch.
+A dataset item is a dict, `Unreadable` or None (an image missing or corrupt, counted as
+`skipped`; `Unreadable` also names the sample and the path, so a run that stops for too many can
+say which) or `Dropped` (readable but untrainable: too long to fit without cutting an image, or no
+target token left after truncation, counted as `dropped`). Both counts travel in every batch.
 """
 
 from __future__ import annotations
@@ -23,11 +24,22 @@ class Dropped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """An item whose image `path` is missing or cannot be decoded."""
+
+    sample: str
+    path: str
+
+
 def usable(items: list) -> tuple[list[dict], dict]:
-    """The dict items, and the batch's `skipped` / `dropped` counts."""
+    """The dict items, and the batch's counts: `samples` in it, `skipped`, `dropped`, and the
+    unreadable paths."""
     good = [it for it in items if isinstance(it, dict)]
     dropped = sum(isinstance(it, Dropped) for it in items)
-    return good, {"skipped": len(items) - len(good) - dropped, "dropped": dropped}
+    unreadable = [it.path for it in items if isinstance(it, Unreadable)]
+    return good, {"skipped": len(items) - len(good) - dropped, "dropped": dropped, "unreadable": unreadable,
+                  "samples": len(items)}
 
 
 def pad_rows(rows: list[Tensor], value: int, left: bool) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from data.collate import Dropped
+from data.collate import Dropped, Unreadable
 from data.images import load_image
 from data.templates import IMAGE_TOKEN, ChatTemplate
 from data.tokenize import Unfit, tokenize_conversation, tokenize_generation_prompt, tokenize_prompt
@@ -47,6 +47,17 @@ def read_records(path: str | Path) -> list[dict]:
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return records
+
+
+def image_root(json_path: Path, image_folder: str | Path | None) -> Path:
+    """Where a conversation JSON's relative image paths resolve: `image_folder` (LLaVA's
+    `--image_folder`), by default the JSON's own folder; a folder that does not exist is an error."""
+    if image_folder is None:
+        return json_path.parent
+    root = Path(image_folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image_folder {root} is not a folder (images of {json_path} resolve against it)")
+    return root
 
 
 def load_pixels(record: dict, root: Path, transform: Callable) -> tuple[bool, torch.Tensor | None]:
@@ -134,14 +145,14 @@ class ConversationDataset(Dataset):
 
     def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                  transform: Callable, max_length: int | None = None, max_turns: int | None = None,
-                 seed: int = 0, num_image_tokens: int | None = None) -> None:
+                 seed: int = 0, num_image_tokens: int | None = None, image_folder: str | Path | None = None) -> None:
         self.path = Path(path)
         self.records = read_records(self.path)
         check_image_placeholders(self.records, self.path)
         if num_image_tokens is not None and num_image_tokens < 1:
             raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
         self.image_tokens = num_image_tokens or 1
-        self.root = self.path.parent
+        self.root = image_root(self.path, image_folder)
         self.tokenizer, self.template, self.transform, self.max_length = tokenizer, template, transform, max_length
         if max_turns is not None and max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
@@ -151,14 +162,14 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | Dropped | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | Dropped | Unreadable:
         """`key`: an index, or `(index, epoch)` from `ResumableSampler`; the turns sampled for a
         visit depend only on (seed, index, epoch), so they replay exactly after a resume."""
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         rec = self.records[i]
         ok, pixels = load_pixels(rec, self.root, self.transform)
         if not ok:
-            return None
+            return Unreadable(str(rec.get("id", i)), str(self.root / str(rec["image"])))
         turns = rec["conversations"]
         if self.max_turns is not None:
             turns = sample_turns(turns, self.max_turns, random.Random(f"{self.seed}-{i}-{epoch}"))
@@ -205,13 +216,13 @@ class QADataset(PromptDataset):
     """`{id, image, question, answer, type}` JSONL for generation-based validation."""
 
     def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                 transform: Callable, limit: int | None = None) -> None:
+                 transform: Callable, limit: int | None = None, image_folder: str | Path | None = None) -> None:
         path = Path(path)
         records = read_records(path)[:limit]
         for n, rec in enumerate(records):
             missing = {"id", "question", "answer"} - rec.keys()
             if missing:
                 raise ValueError(f"{path}: record {n} lacks {sorted(missing)}")
-        super().__init__(records, path.parent, [r["question"] for r in records], tokenizer, template, transform,
+        super().__init__(records, image_root(path, image_folder), [r["question"] for r in records], tokenizer, template, transform,
                          meta_keys=("id", "image", "question", "answer", "type"))
         self.path = path

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from data.collate import Collator, Dropped, usable
-from data.conversation_dataset import load_pixels, read_records
+from data.collate import Collator, Dropped, Unreadable, usable
+from data.conversation_dataset import image_root, load_pixels, read_records
 from data.templates import IMAGE_TOKEN, ChatTemplate
 from data.tokenize import Unfit, tokenize_conversation
 
@@ -25,14 +25,15 @@ class PreferenceDataset(Dataset):
     """`max_length` counts each `<image>` as `num_image_tokens` positions when given (else one)."""
 
     def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                 transform: Callable, max_length: int | None = None, num_image_tokens: int | None = None) -> None:
+                 transform: Callable, max_length: int | None = None, num_image_tokens: int | None = None,
+                 image_folder: str | Path | None = None) -> None:
         self.path = Path(path)
         self.records = read_records(self.path)
         for n, rec in enumerate(self.records):
             missing = {"prompt", "chosen", "rejected"} - rec.keys()
             if missing:
                 raise ValueError(f"{self.path}: record {n} lacks {sorted(missing)}")
-        self.root = self.path.parent
+        self.root = image_root(self.path, image_folder)
         self.tokenizer, self.template, self.transform, self.max_length = tokenizer, template, transform, max_length
         self.image_tokens = num_image_tokens or 1
 
@@ -44,12 +45,12 @@ class PreferenceDataset(Dataset):
         ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length, self.image_tokens)
         return torch.tensor(ids), torch.tensor(labels)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | Dropped | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | Dropped | Unreadable:
         i = key[0] if isinstance(key, tuple) else key  # (index, epoch) from ResumableSampler
         rec = self.records[i]
         ok, pixels = load_pixels(rec, self.root, self.transform)
         if not ok:
-            return None
+            return Unreadable(str(rec.get("id", i)), str(self.root / str(rec["image"])))
         prompt = rec["prompt"]
         if pixels is not None and IMAGE_TOKEN not in prompt:
             prompt = IMAGE_TOKEN + "\n" + prompt

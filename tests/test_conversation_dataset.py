@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from data.collate import Collator
+from data.collate import Collator, Unreadable
 from data.conversation_dataset import read_records, sample_turns
 
 CONV = [{"from": "human", "value": "<image>\nq0"}, {"from": "gpt", "value": "a0"},
@@ -39,7 +39,11 @@ def test_collator_drops_none_items_and_counts_them():
     assert batch["pixel_values"].shape == (1, 3, 4, 4)
     left = Collator(pad_token_id=0, left_pad=True)([short, item])
     assert left["input_ids"].tolist() == [[0, 1, 2], [1, 2, 3]]
-    assert Collator(0)([None, None]) == {"skipped": 2, "dropped": 0}
+    assert Collator(0)([None, None]) == {"skipped": 2, "dropped": 0, "unreadable": [], "samples": 2}
+    missing = Unreadable("s7", "images/7.png")
+    counted = Collator(0)([missing, item])
+    assert (counted["skipped"], counted["unreadable"], counted["samples"]) == (1, ["images/7.png"], 2)
+    assert counted["input_ids"].tolist() == [[1, 2, 3]]
 
 
 def test_read_records_names_file_and_line(tmp_path):

@@ -58,7 +58,7 @@ def test_unfit_samples_are_dropped_and_counted(tok, tmp_path):
         assert (batch["skipped"], batch["dropped"]) == (1, 2)
         assert batch["pixel_values"].shape[0] == 1
         assert ((batch["labels"] != IGNORE_INDEX).sum(1) > 0).all()  # every row has a target: no NaN loss
-    assert Collator(tok.pad_token_id)(items[1:3]) == {"skipped": 0, "dropped": 2}
+    assert Collator(tok.pad_token_id)(items[1:3]) == {"skipped": 0, "dropped": 2, "unreadable": [], "samples": 2}
 
 
 def test_without_num_image_tokens_an_image_counts_as_one_position(tok, tmp_path):

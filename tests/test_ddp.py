@@ -72,6 +72,7 @@ def test_two_ranks_split_data_validate_everything_and_survive_an_unreadable_batc
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}]})
     cfg["data"]["init_args"].update({"train_json": str(world / "train_gaps.json"), "max_val_samples": 7})
+    cfg["model"]["init_args"]["max_skip_fraction"] = 0.2  # 2 of 16 samples unreadable: on purpose
     launch_fit(cfg, tmp_path / "ddp.yaml")
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

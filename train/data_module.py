@@ -23,7 +23,10 @@ def image_positions(model) -> int | None:
 
 class ConversationDataModule(L.LightningDataModule):
     """`pack_length`: pack each training batch's conversations into rows of at most this many
-    LM positions (`data.packing`; LLaVA-style models), instead of padding every sample to the longest."""
+    LM positions (`data.packing`; LLaVA-style models), instead of padding every sample to the longest.
+    `image_folder` / `val_image_folder`: where the JSON's relative image paths resolve (LLaVA's
+    `--image_folder`, e.g. the folder holding `coco/`, `gqa/`, ... for `llava_v1_5_mix665k.json`);
+    by default each file's own folder."""
 
     def __init__(
         self,
@@ -38,6 +41,8 @@ class ConversationDataModule(L.LightningDataModule):
         type_groups: dict[str, list[str]] | None = None,
         seed: int = 0,
         pack_length: int | None = None,
+        image_folder: str | None = None,
+        val_image_folder: str | None = None,
     ) -> None:
         super().__init__()
         for name, path in (("train_json", train_json), ("val_qa", val_qa)):
@@ -45,6 +50,10 @@ class ConversationDataModule(L.LightningDataModule):
                 raise FileNotFoundError(
                     f"data.{name}: {path} does not exist (generate it with `chimera data ...`)"
                 )
+        for name, folder in (("image_folder", image_folder), ("val_image_folder", val_image_folder)):
+            if folder is not None and not Path(folder).is_dir():
+                raise FileNotFoundError(f"data.{name}: {folder} is not a folder")
+        self.image_folder, self.val_image_folder = image_folder, val_image_folder
         self.train_json, self.val_qa = train_json, val_qa
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.max_length, self.max_val_samples, self.max_turns = max_length, max_val_samples, max_turns
@@ -62,7 +71,7 @@ class ConversationDataModule(L.LightningDataModule):
         self.val_set = None
         if self.val_qa:
             self.val_set = QADataset(self.val_qa, model.tokenizer, template, model.vision.transform(train=False),
-                                     limit=self.max_val_samples)
+                                     limit=self.max_val_samples, image_folder=self.val_image_folder)
 
     def build_packer(self, model) -> PackingCollator | None:
         if self.pack_length is None:
@@ -76,7 +85,7 @@ class ConversationDataModule(L.LightningDataModule):
     def build_train_set(self, model, template):
         return ConversationDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
                                    self.max_length, max_turns=self.max_turns,
-                                   num_image_tokens=image_positions(model))
+                                   num_image_tokens=image_positions(model), image_folder=self.image_folder)
 
     def train_collator(self):
         return self.packer or Collator(self.pad_id)
@@ -121,7 +130,8 @@ class PreferenceDataModule(ConversationDataModule):
 
     def build_train_set(self, model, template):
         return PreferenceDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
-                                 self.max_length, num_image_tokens=image_positions(model))
+                                 self.max_length, num_image_tokens=image_positions(model),
+                                 image_folder=self.image_folder)
 
     def train_collator(self):
         return PreferenceCollator(self.pad_id)

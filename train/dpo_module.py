@@ -48,6 +48,7 @@ class DPOModule(VLMModule):
             return self.model.sequence_logprobs(*self._last_good).sum() * 0.0
         args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
         self._last_good = args
+        self.data_guard.add_targets(batch["num_targets"])
         policy = self.model.sequence_logprobs(*args)
         with torch.no_grad():
             ref = self.reference.sequence_logprobs(*args)

@@ -19,6 +19,7 @@ from models.flamingo import Flamingo
 from models.language import checkpoint_weights
 from models.llava import LLaVA
 from models.peft import OptimizerName, build_optimizer
+from train.data_guard import DataGuard
 from train.distributed import canonical_name, gather_objects, unique_by_index
 from train.answers import accuracy_by_type, format_accuracy
 from train.evaluation.vqa_metric import vqa_accuracy
@@ -82,6 +83,8 @@ class VLMModule(L.LightningModule):
     `init_from`: a checkpoint of an earlier stage whose model weights this stage starts from.
     `optimizer`: adamw, or bitsandbytes' adamw_8bit / paged_adamw / paged_adamw_8bit (QLoRA).
     An LM built with an `adapter` trains only the adapter where the stage trains the LM.
+    `max_skip_fraction`: stop (every rank, naming the first paths) once more than this fraction of
+    the samples seen had a missing or unreadable image (`train.data_guard`).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class VLMModule(L.LightningModule):
         num_logged_samples: int = 16,
         init_from: str | None = None,
         optimizer: OptimizerName = "adamw",
+        max_skip_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         if stage not in TRAINABLE:
@@ -117,7 +121,7 @@ class VLMModule(L.LightningModule):
         self._val_records: list[dict] = []
         self._fit_start: float | None = None
         self._last_good: dict | None = None  # the last batch with targets, replayed with weight 0
-        self._window_targets = 0  # target tokens of this rank's micro-batches since the last step
+        self.data_guard = DataGuard(max_skip_fraction)  # also counts the target tokens the loss weights by
         self._run_dir: str | None = None
         if init_from is not None:
             load_model_weights(model, init_from)
@@ -198,11 +202,13 @@ class VLMModule(L.LightningModule):
         total, tokens = self._weighted_loss(usable, batch_idx, log=True)
         self.log("train/loss", total, prog_bar=True, on_step=True, batch_size=sum(p["input_ids"].shape[0]
                                                                                   for _, p in usable.values()))
-        self._window_targets += tokens
+        self.data_guard.add_targets(tokens)
         return total * tokens
 
     def count_unused(self, batch: dict) -> None:
-        """Add up and log the samples a batch could not use (collators count them; never fatal)."""
+        """Add up and log the samples a batch could not use (collators count them); `DataGuard`
+        stops the run when too many were unreadable."""
+        self.data_guard.add(batch)
         self.skipped_samples += batch.get("skipped", 0)
         self.dropped_samples += batch.get("dropped", 0)
         self.log("train/skipped_samples", float(self.skipped_samples), on_step=True, reduce_fx="max")
@@ -230,18 +236,21 @@ class VLMModule(L.LightningModule):
         return zero_through_parameters(self)
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        step = self.data_guard.reduce(self.trainer.strategy, self.device)  # the step's one all-reduce
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.data_guard.check()
         if not self.token_weighted_loss:
             return
         # Lightning divided each micro-batch by the accumulation count and DDP/FSDP averaged over
-        # ranks: undo both and divide by the global target count (one all-reduce per step)
-        local = torch.tensor(float(self._window_targets), device=self.device)
-        self._window_targets = 0
-        total = self.trainer.strategy.reduce(local, reduce_op="sum")
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / total.clamp(min=1.0)
+        # ranks: undo both and divide by the global target count
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / step[0].clamp(min=1.0)
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     p.grad.mul_(scale.to(p.grad.dtype))
+
+    def on_train_end(self) -> None:
+        self.data_guard.check(final=True)  # a run that trained on nothing never exits 0
 
     def generate_answers(self, batch: dict) -> list[str]:
         out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
@@ -315,7 +324,9 @@ class VLMModule(L.LightningModule):
         checkpoint["chimera_config"] = self.chimera_config
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["dropped_samples"] = self.dropped_samples
+        checkpoint["data_guard"] = self.data_guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_samples = checkpoint.get("skipped_samples", 0)
         self.dropped_samples = checkpoint.get("dropped_samples", 0)
+        self.data_guard.load_state_dict(checkpoint.get("data_guard", {}))
