@@ -42,12 +42,19 @@ class _Linear(L.LightningModule):
         return DataLoader(self.batches, batch_size=None)
 
 
-def _fit(tmp_path, callback, batches, **trainer_kwargs) -> list[dict]:
+class _Validated(_Linear):
+    def validation_step(self, batch, batch_idx):
+        return self.training_step(batch, batch_idx)
+
+    val_dataloader = _Linear.train_dataloader
+
+
+def _fit(tmp_path, callback, batches, module=_Linear, **trainer_kwargs) -> list[dict]:
     logger = L.pytorch.loggers.CSVLogger(tmp_path)
     trainer = L.Trainer(max_steps=len(batches), accelerator="cpu", logger=logger, callbacks=[callback],
                         log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, **trainer_kwargs)
-    trainer.fit(_Linear(batches))
+    trainer.fit(module(batches))
     with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as f:
         return [r for r in csv.DictReader(f) if r.get("throughput/tokens_per_s")]
 
@@ -69,6 +76,16 @@ def test_counts_model_flops_per_token_and_logs_rates(tmp_path):
         flops = float(r["throughput/model_tflops_per_s"]) * 1e12
         assert abs(flops - tps * 10 * D * D) < 1e-6 * flops
         assert abs(float(r["throughput/mfu"]) - flops / 1e12) < 1e-12
+
+
+def test_validation_closes_the_window(tmp_path):
+    callback = Throughput(log_every_n_steps=3, warmup_steps=0)
+    rows = _fit(tmp_path, callback, [_item()] * 10, module=_Validated, val_check_interval=5, limit_val_batches=1,
+                num_sanity_val_steps=0)
+    # logs after steps 4 and 9: validation after step 5 drops the window holding step 5, and it
+    # reopens at the end of step 6 (without validation the logs would come after 4, 7 and 10)
+    assert callback.clock_reads == [1, 4, 6, 9]
+    assert len(rows) == 2
 
 
 def test_multisource_steps_count_every_source(tmp_path):

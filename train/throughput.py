@@ -37,7 +37,7 @@ class ModelFlops(TorchDispatchMode):
     layer costs 2N per token forward and 4N backward (input and weight gradients; PaLM's 6N); a
     frozen layer that gradients pass through (the LM under LoRA or under a trained projector) 2N +
     2N (input gradient only); a frozen tower whose input needs no gradient (LLaVA's vision
-    encoder) 2N, forward only. Ops compiled by `torch.compile` run below dispatch and are missed.
+    encoder) 2N, forward only.
     """
 
     def __init__(self) -> None:
