@@ -187,6 +187,15 @@ class LanguageModel(nn.Module):
             for layer in decoder_layers(self.model):
                 layer.compile(backend=compile_layers)
 
+    def recompute_while_frozen(self) -> None:
+        """transformers recomputes a checkpointed layer only while that layer is in training mode,
+        so a frozen LM (kept in eval: no dropout) would store every activation that gradients flow
+        back through (LLaVA's projector alignment). Its checkpointed decoder layers report training
+        themselves, their submodules (attention, MLP, dropout) stay in eval: recompute, no dropout."""
+        for layer in decoder_layers(self.model):
+            if getattr(layer, "gradient_checkpointing", False):
+                layer.training = True
+
     def adapter_parameters(self) -> list[nn.Parameter]:
         """What the adapter added (LoRA A/B, prompts and gates, bottleneck weights); [] without one."""
         return [] if self.adapter is None else self.adapter.adapter_parameters(self.model)

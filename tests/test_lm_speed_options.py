@@ -65,3 +65,31 @@ def test_revision_reaches_the_loader(tokenizer, tmp_path):
     assert lm.model.config.num_hidden_layers == 4
     with pytest.raises(FileNotFoundError, match="chimera-missing/lm"):
         LanguageModel(name_or_path="chimera-missing/lm", revision="v1.0")
+
+
+def test_a_frozen_lm_still_recomputes_its_checkpointed_layers(tmp_path):
+    """The `align` stage freezes the LM (eval mode: no dropout) while gradients flow through it to the
+    projector: with gradient checkpointing every layer must still run twice (forward, then recompute
+    in the backward), or the memory it promises is not saved."""
+    from tests.tiny import module_config
+    from train.checkpoint import build_module
+
+    world = tiny_world(tmp_path)
+    cfg = module_config(world, stage="align")
+    cfg["init_args"]["model"]["init_args"]["language"]["init_args"]["gradient_checkpointing"] = True
+    module = build_module(cfg)
+    module.train()
+    lm = module.model.language
+    calls = []
+    for layer in decoder_layers(lm.model):
+        layer.self_attn.register_forward_pre_hook(lambda *_: calls.append(1))  # the recompute may stop early
+    assert not lm.training and all(not m.training for m in decoder_layers(lm.model)[0].modules()
+                                   if m is not decoder_layers(lm.model)[0])
+    image = lm.image_token_id
+    ids = torch.tensor([[1, image, 5, 6, 7]])
+    _, loss = module.model(ids, torch.ones_like(ids), torch.randn(1, 3, 75, 75), ids.clone())
+    assert len(calls) == LM_CONFIG["num_hidden_layers"]
+    loss.backward()
+    assert len(calls) == 2 * LM_CONFIG["num_hidden_layers"]  # each layer recomputed once
+    assert module.model.connector.parameters().__next__().grad is not None
+    assert all(p.grad is None for p in lm.parameters())

@@ -147,6 +147,8 @@ class VLMModule(L.LightningModule):
         for name in self.parts:
             if name not in TRAINABLE[self.stage]:
                 getattr(self.model, name).eval()
+        if "language" not in TRAINABLE[self.stage] and self.training:
+            self.model.language.recompute_while_frozen()  # gradient checkpointing still saves memory
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Lightning restores each submodule's own mode after validation (and at fit start)
