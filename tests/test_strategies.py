@@ -4,6 +4,7 @@ full-scale models), and a 2-process FSDP run on CPU (gloo) launched as users lau
 from __future__ import annotations
 
 import copy
+import csv
 import importlib.util
 import json
 import math
@@ -191,3 +192,20 @@ def test_two_process_fsdp_on_cpu(tmp_path):
     assert initial.keys() == weights[0].keys()
     for part in ("cross_attention", "connector", "language.model.model.layers", "vision"):
         assert any(not torch.equal(initial[k], weights[0][k]) for k in initial if k.startswith(f"model.{part}")), part
+
+
+def test_two_process_fsdp_llava_validates_with_synced_generation(tmp_path):
+    """FSDP validation generates on every rank through sharded layers (each forward an all-gather):
+    ranks step together (`synced_gpus`) and the gathered predictions cover the whole val set."""
+    world = tiny_world(tmp_path)
+    cfg = experiment_config(world, tmp_path / "runs", max_steps=2)
+    cfg["trainer"].update({"devices": 2, "val_check_interval": 2, "enable_checkpointing": False,
+                           "strategy": {"class_path": "train.strategies.FSDP", "init_args": {}}})
+    cfg["model"]["init_args"].update({"stage": "finetune", "max_new_tokens": 6})
+    cfg["data"]["init_args"].update({"max_val_samples": 7, "batch_size": 2})
+    launch_fit(cfg, tmp_path / "fsdp_val.yaml")
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    predictions = [json.loads(line) for line in (run / "predictions" / "val_step0000002.jsonl").open()]
+    assert [p["index"] for p in predictions] == list(range(7))
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/acc")]
+    assert len(rows) == 1 and float(rows[0]["val/acc"]) == sum(p["correct"] for p in predictions) / 7

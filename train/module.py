@@ -9,6 +9,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -121,6 +122,7 @@ class VLMModule(L.LightningModule):
         self._val_records: list[dict] = []
         self._fit_start: float | None = None
         self._last_good: dict | None = None  # the last batch with targets, replayed with weight 0
+        self._last_val: dict | None = None  # the last readable val batch, replayed when sharded
         self.data_guard = DataGuard(max_skip_fraction)  # also counts the target tokens the loss weights by
         self._run_dir: str | None = None
         if init_from is not None:
@@ -254,15 +256,26 @@ class VLMModule(L.LightningModule):
     def on_train_end(self) -> None:
         self.data_guard.check(final=True)  # a run that trained on nothing never exits 0
 
+    @property
+    def sharded(self) -> bool:
+        """Parameters sharded over ranks (FSDP, DeepSpeed ZeRO): every forward is a collective."""
+        return self.trainer.world_size > 1 and isinstance(self.trainer.strategy, (FSDPStrategy, DeepSpeedStrategy))
+
     def generate_answers(self, batch: dict) -> list[str]:
+        # sharded, a rank whose prompts are done keeps stepping until every rank is (`synced_gpus`),
+        # or the ranks still generating would wait forever for its all-gathers
+        synced = {"synced_gpus": True} if self._trainer is not None and self.sharded else {}
         out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                  max_new_tokens=self.max_new_tokens)
+                                  max_new_tokens=self.max_new_tokens, **synced)
         return self.model.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.skipped_samples += batch["skipped"]
         if "input_ids" not in batch:
+            if self.sharded and self._last_val is not None:  # step through the collectives, record nothing
+                self.generate_answers(self._last_val)
             return
+        self._last_val = batch
         for meta, pred in zip(batch["meta"], self.generate_answers(batch)):
             correct = vqa_accuracy(pred, [str(meta["answer"])]) == 1.0  # same scoring as `chimera eval`
             self._val_records.append({**meta, "prediction": pred.strip(), "correct": correct})
