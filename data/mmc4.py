@@ -63,7 +63,7 @@ def _image(entry: dict, min_bytes: int, decode) -> Image.Image | None:
         return None
     try:
         return decode(data)
-    except (OSError, ValueError):  # one unreadable image leaves the rest of the document usable
+    except (OSError, ValueError, Image.DecompressionBombError):  # the rest of the document stays usable
         return None
 
 

@@ -135,3 +135,14 @@ def test_source_takes_mmc4_rules_from_config():
     src = Source(shards="x.tar", mmc4={"sim_threshold": 0.3, "max_images": 4})
     assert src.mmc4 == Mmc4Rules(sim_threshold=0.3, max_images=4)
     assert Source(shards="x.tar").mmc4 == Mmc4Rules()  # OpenFlamingo's: 0.24, 1..6 images
+
+
+def test_unreadable_image_is_left_out_and_the_rest_reassigned(tok):
+    info = json.loads(mmc4_json())
+    info["image_info"][0]["image_base64"] = base64.b64encode(b"not an image").decode()
+    to_sample = InterleavedSamples(tok, mean_colour, None, Mmc4Rules(**LOOSE))
+    sample = to_sample({"__key__": "doc", "json": json.dumps(info).encode()})
+    # alone, the blue image takes its best sentence (3, 0.28) instead of the shared optimum's 1
+    assert sample["input_ids"].tolist() == ids_of(
+        tok, "<s> intro words . a red circle . more text . <image> a blue square . the end . <|endofchunk|> </s>")
+    assert [colour_of(p) for p in sample["pixel_values"]] == ["blue"]
