@@ -1,9 +1,9 @@
-"""Image-caption pairs from webdataset shards (`key.png|jpg`, `key.txt`) for contrastive training."""
+"""Image-caption pairs from webdataset shards in img2dataset's layout (`key.jpg|jpeg|png|webp`,
+`key.txt`, `key.json` metadata ignored) for contrastive training."""
 
 from __future__ import annotations
 
 import glob
-import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +13,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-log = logging.getLogger(__name__)
+from data.documents import CAPTION_FORMAT, caption_pair
+from data.reading import ReadChecked, SkipLog
 
 
 def expand_shards(pattern: str, what: str) -> list[str]:
@@ -27,11 +28,6 @@ def expand_shards(pattern: str, what: str) -> list[str]:
         raise FileNotFoundError(f"{what}: no shard files match {pattern!r}" + (f" (missing {missing[0]})" if missing else "")
                                 + " (write them with `chimera data shapes`)")
     return urls
-
-
-def _warn_and_skip(exn: Exception) -> bool:
-    log.warning("skipping an unreadable sample: %s", exn)
-    return True
 
 
 def shard_stream(urls: list[str], train: bool, seed: int, handler: Callable, resampled: bool = False):
@@ -69,15 +65,26 @@ def check_epoch_length(samples_per_epoch: int | None, world_size: int, key: str)
                          "(as OpenFlamingo's train_num_samples); set it to the samples per epoch over all ranks")
 
 
+class CaptionPairs:
+    """Raw sample -> (transformed image, caption); picklable for DataLoader workers."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, sample: dict) -> tuple:
+        image, caption = caption_pair(sample)
+        return self.transform(image), caption
+
+
 def image_text_pipeline(urls: list[str], transform: Callable, train: bool, shuffle_buffer: int = 1000,
-                        seed: int = 0, resampled: bool = False):
-    """Decoded (pixels, caption) pairs; a corrupt image or a sample without a caption is skipped."""
-    ds = shard_stream(urls, train, seed, _warn_and_skip, resampled)
+                        seed: int = 0, resampled: bool = False, source: str = "data.train_shards",
+                        check_first: int = 100):
+    """(pixels, caption) pairs; a corrupt image or a sample without a caption is skipped (warned,
+    then summarised). Fails fast naming `source` when the first `check_first` samples give none."""
+    ds = shard_stream(urls, train, seed, SkipLog(source).handler, resampled)
     if train:
         ds = ds.shuffle(shuffle_buffer, seed=seed)  # webdataset seeds it from the clock otherwise
-    return (ds.decode("pil", handler=_warn_and_skip)
-              .to_tuple("png;jpg;jpeg", "txt", handler=_warn_and_skip)
-              .map_tuple(transform, str.strip, handler=_warn_and_skip))
+    return ds.compose(ReadChecked(CaptionPairs(transform), source, CAPTION_FORMAT, check_first, keep_unusable=False))
 
 
 class ImageTextCollator:
@@ -96,14 +103,15 @@ class ImageTextDataModule(L.LightningDataModule):
         train_shards / val_shards: shard patterns (glob or brace); val optional.
         samples_per_epoch: train on resampled shards, this many samples per epoch over all ranks
             (needed with several ranks; `shard_stream`); None: each shard once per epoch.
+        check_first: fail when this many samples read give no caption pair (a format the reader misses).
         Transform and tokenizer come from the model being trained.
     """
 
     def __init__(self, train_shards: str, val_shards: str | None = None, batch_size: int = 64,
                  eval_batch_size: int = 256, num_workers: int = 1, shuffle_buffer: int = 1000,
-                 samples_per_epoch: int | None = None) -> None:
+                 samples_per_epoch: int | None = None, check_first: int = 100) -> None:
         super().__init__()
-        self.samples_per_epoch = samples_per_epoch
+        self.samples_per_epoch, self.check_first = samples_per_epoch, check_first
         self.train_urls = expand_shards(train_shards, "data.train_shards")
         self.val_urls = expand_shards(val_shards, "data.val_shards") if val_shards else None
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -117,7 +125,9 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _loader(self, urls: list[str], batch_size: int, train: bool) -> DataLoader:
         resampled = train and self.samples_per_epoch is not None
-        ds = image_text_pipeline(urls, self.transform, train, self.shuffle_buffer, resampled=resampled)
+        ds = image_text_pipeline(urls, self.transform, train, self.shuffle_buffer, resampled=resampled,
+                                 source="data.train_shards" if train else "data.val_shards",
+                                 check_first=self.check_first)
         if resampled:
             ds = fixed_epoch(ds, self.samples_per_epoch, batch_size, self.trainer.world_size, self.num_workers)
         return DataLoader(ds, batch_size=batch_size, num_workers=self.num_workers, collate_fn=self.collate,

@@ -4,8 +4,9 @@ Why: OpenFlamingo pretrains on LAION caption pairs and MMC4 interleaved document
 separate batch from each source every step (64 / 32) and loss = 0.2 * loss_laion + 1.0 *
 loss_mmc4. That is not a sampling mixture (`data/curation/mixtures.py` draws each sample
 from one source by probability): here every step sees every source, and the weights scale
-losses, not frequencies. Both kinds of shard are read in Flamingo format
-(`data/interleaved.py`): a caption pair is the one-image document `<image>caption<|endofchunk|>`.
+losses, not frequencies. Every source reads any shard format of `data.documents` in Flamingo
+format (`data/interleaved.py`): a caption pair (img2dataset / LAION) is the one-image document
+`<image>caption<|endofchunk|>`, an MMC4 json follows OpenFlamingo's placement (`data.mmc4`).
 
 A step's batch is `{name: batch}` (Lightning's CombinedLoader); each source's batch carries its
 `loss_weight`, so the training step needs nothing but the batch (`split_sources`).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import lightning as L
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 from data.collate import Collator
 from data.image_text import check_epoch_length, expand_shards, fixed_epoch
 from data.interleaved import END_OF_CHUNK, InterleavedSamples, interleaved_pipeline
+from data.mmc4 import Mmc4Rules
 
 NAME = re.compile(r"^[A-Za-z0-9_]+$")  # it becomes a metric key: train/loss_<name>
 
@@ -38,13 +40,20 @@ class Source:
     LAION captions, 256 for MMC4 documents).
     samples_per_epoch: read resampled shards, this many samples of this source per epoch over all
     ranks (open_flamingo's train_num_samples_laion / _mmc4; needed with several ranks, see
-    `data.image_text.shard_stream`); None: each shard once per epoch."""
+    `data.image_text.shard_stream`); None: each shard once per epoch.
+    mmc4: placement rules and limits for this source's MMC4 documents (OpenFlamingo's defaults,
+    `data.mmc4.Mmc4Rules`), e.g. {sim_threshold: 0.24, max_images: 6}."""
 
     shards: str
     weight: float = 1.0
     batch_size: int = 16
     max_length: int | None = None
     samples_per_epoch: int | None = None
+    mmc4: Mmc4Rules = field(default_factory=Mmc4Rules)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mmc4, dict):
+            self.mmc4 = Mmc4Rules(**self.mmc4)
 
 
 class WeightedCollator:
@@ -71,11 +80,13 @@ class MultiSourceDataModule(L.LightningDataModule):
     mode: `max_size_cycle` restarts a source that runs out until the longest one is done (an
     epoch is the longest source); `min_size` ends the epoch with the shortest. Each source gets
     its own DataLoader with `num_workers` workers. `max_length` applies to sources without their
-    own. Tokenizer and transform come from the model.
+    own. `check_first`: a source whose first this many samples give none usable fails, naming
+    the formats expected and the keys found. Tokenizer and transform come from the model.
     """
 
     def __init__(self, sources: dict[str, Source], num_workers: int = 1, max_length: int | None = 512,
-                 shuffle_buffer: int = 200, mode: Literal["max_size_cycle", "min_size"] = "max_size_cycle") -> None:
+                 shuffle_buffer: int = 200, mode: Literal["max_size_cycle", "min_size"] = "max_size_cycle",
+                 check_first: int = 100) -> None:
         super().__init__()
         if not sources:
             raise ValueError("data.sources is empty: name at least one source, e.g. {mmc4: {shards: ...}}")
@@ -95,7 +106,7 @@ class MultiSourceDataModule(L.LightningDataModule):
             self.urls[name] = [u for pattern in src.shards.split(",")
                                for u in expand_shards(pattern.strip(), f"{key}.shards")]
         self.num_workers, self.max_length, self.shuffle_buffer = num_workers, max_length, shuffle_buffer
-        self.mode = mode
+        self.mode, self.check_first = mode, check_first
         self.val_qa = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -114,13 +125,14 @@ class MultiSourceDataModule(L.LightningDataModule):
         self.to_sample = {}
         for name, src in self.sources.items():
             length = self.max_length if src.max_length is None else src.max_length
-            self.to_sample[name] = InterleavedSamples(model.tokenizer, transform, length)
+            self.to_sample[name] = InterleavedSamples(model.tokenizer, transform, length, src.mmc4)
         self.pad_id = model.tokenizer.pad_token_id
 
     def _loader(self, name: str) -> DataLoader:
         src = self.sources[name]
         resampled = src.samples_per_epoch is not None
-        ds = interleaved_pipeline(self.urls[name], self.to_sample[name], True, self.shuffle_buffer, resampled=resampled)
+        ds = interleaved_pipeline(self.urls[name], self.to_sample[name], True, self.shuffle_buffer, resampled=resampled,
+                                  source=f"data.sources.{name}", check_first=self.check_first)
         if resampled:
             ds = fixed_epoch(ds, src.samples_per_epoch, src.batch_size, self.trainer.world_size, self.num_workers)
         return DataLoader(ds, batch_size=src.batch_size, num_workers=self.num_workers,

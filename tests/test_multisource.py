@@ -144,10 +144,10 @@ def test_a_llava_cannot_read_flamingo_documents(shapes):
         dm.prepare_for(llava)
 
 
-def test_shapes_config_trains_a_tiny_flamingo_on_two_sources(shapes, tmp_path):
-    """The shipped tiny config, pointed at freshly written shards, model shrunk, vision random."""
+def tiny_config(shapes: Path, tmp_path: Path, max_steps: int) -> dict:
+    """The shipped tiny config logging to CSV under tmp_path, model shrunk, vision random."""
     cfg = yaml.safe_load(CONFIG.read_text())
-    cfg["trainer"].update({"max_steps": 8, "log_every_n_steps": 1, "enable_progress_bar": False,
+    cfg["trainer"].update({"max_steps": max_steps, "log_every_n_steps": 1, "enable_progress_bar": False,
                            "enable_model_summary": False, "callbacks": [], "enable_checkpointing": False,
                            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                       "init_args": {"save_dir": str(tmp_path), "name": "ms"}}})
@@ -159,11 +159,17 @@ def test_shapes_config_trains_a_tiny_flamingo_on_two_sources(shapes, tmp_path):
     model["language"]["init_args"].update({"tokenizer": str(shapes / "tokenizer"), "config": dict(LM_CONFIG)})
     model["resampler"]["init_args"].update({"num_latents": 4, "depth": 1, "heads": 2, "dim_head": 16})
     model.update({"xattn_heads": 2, "xattn_dim_head": 16})
+    cfg["data"]["init_args"]["num_workers"] = 0
+    return cfg
+
+
+def test_shapes_config_trains_a_tiny_flamingo_on_two_sources(shapes, tmp_path):
+    """The shipped tiny config, pointed at freshly written shards."""
+    cfg = tiny_config(shapes, tmp_path, max_steps=8)
     data = cfg["data"]["init_args"]
     assert {k: v["weight"] for k, v in data["sources"].items()} == {"captions": 0.2, "documents": 1.0}
     for name, src in sources(shapes).items():
         data["sources"][name].update({"shards": src["shards"], "batch_size": 4})
-    data["num_workers"] = 0
     path = tmp_path / "ms.yaml"
     path.write_text(yaml.safe_dump(cfg))
     main(["fit", "--config", str(path)])
@@ -176,3 +182,55 @@ def test_shapes_config_trains_a_tiny_flamingo_on_two_sources(shapes, tmp_path):
     docs = [float(r["train/loss_documents"]) for r in rows]
     caps = [float(r["train/loss_captions"]) for r in rows]
     assert sum(docs[-3:]) < sum(docs[:3]) and sum(caps[-3:]) < sum(caps[:3])
+
+
+def openflamingo_layout(shapes: Path, out: Path) -> dict[str, str]:
+    """The Shapes train images as OpenFlamingo reads its data: img2dataset JPEG caption shards (LAION)
+    and MMC4 documents of three images each, base64 JPEGs matched to their captions (similarity 0.3)."""
+    import base64
+    import io
+    import json
+
+    import webdataset as wds
+    from PIL import Image
+
+    from tests.shard_fixtures import write_tar
+
+    def jpeg(png: bytes) -> bytes:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(png)).convert("RGB").save(buf, format="JPEG")
+        return buf.getvalue()
+
+    items = [(jpeg(x["png"]), x["txt"].decode()) for x in
+             wds.WebDataset(sorted(map(str, (shapes / "shards").glob("train-*.tar"))), shardshuffle=False,
+                            empty_check=False)]
+    laion = [{"__key__": f"{i:09d}", "jpg": im, "txt": cap.encode(), "json": json.dumps({"caption": cap}).encode()}
+             for i, (im, cap) in enumerate(items)]
+    docs = []
+    for d in range(len(items) // 3):
+        group = items[3 * d: 3 * d + 3]
+        sim = [[0.3 if i == j else 0.1 for j in range(3)] for i in range(3)]
+        info = [{"image_name": f"{d}-{i}.jpg", "matched_text_index": i, "matched_sim": 0.3,
+                 "image_base64": base64.b64encode(im).decode()} for i, (im, _) in enumerate(group)]
+        docs.append({"__key__": f"doc-{d:05d}", "json": json.dumps(
+            {"text_list": [cap for _, cap in group], "image_info": info, "similarity_matrix": sim}).encode()})
+    return {"laion": write_tar(out / "laion2b" / "00000.tar", laion), "mmc4": write_tar(out / "mmc4" / "00000.tar", docs)}
+
+
+def test_openflamingo_data_layout_trains(shapes, tmp_path):
+    """img2dataset LAION shards and MMC4 json shards train steps (they used to give 0 samples)."""
+    cfg = tiny_config(shapes, tmp_path, max_steps=4)
+    shards = openflamingo_layout(shapes, tmp_path / "data")
+    cfg["data"]["init_args"]["sources"] = {
+        "laion": {"shards": shards["laion"], "weight": 0.2, "batch_size": 4, "max_length": 32},
+        "mmc4": {"shards": shards["mmc4"], "weight": 1.0, "batch_size": 2, "max_length": 256,
+                 "mmc4": {"min_image_bytes": 0}}}  # Shapes JPEGs are under OpenFlamingo's 10 KB floor
+    path = tmp_path / "of.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["fit", "--config", str(path)])
+    rows = [r for r in csv.DictReader(open(tmp_path / "ms" / "version_0" / "metrics.csv")) if r.get("train/loss")]
+    assert len(rows) == 4
+    for r in rows:
+        laion, mmc4, total = (float(r[f"train/loss{k}"]) for k in ("_laion", "_mmc4", ""))
+        assert total == pytest.approx(0.2 * laion + 1.0 * mmc4, rel=1e-5) and math.isfinite(total)
+        assert float(r["train/skipped_samples"]) == 0
