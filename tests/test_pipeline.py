@@ -112,3 +112,29 @@ def test_set_dotted_and_bad_specs(tmp_path):
     bad.write_text(yaml.safe_dump({"stages": [{"name": "a", "fit": "x", "eval": {}}]}))
     with pytest.raises(ValueError, match="exactly one of"):
         Pipeline(bad)
+
+
+def test_a_two_process_fit_stage_runs_each_rank_once(tmp_path):
+    """`chimera pipeline run` as a user launches it, with a fit stage on 2 gloo ranks: each rank runs
+    that stage (not the pipeline again), then the eval stage after it runs once."""
+    from tests.cli_run import chimera
+    from tests.tiny import tiny_world
+
+    world = tiny_world(tmp_path)
+    path = _pipeline(tmp_path, steps=2)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"] = spec["stages"][1:3]  # the world is already written: fit, eval
+    spec["stages"][0]["set"] = {
+        **{k: v.replace("{data}", str(world)) for k, v in spec["stages"][0]["set"].items()},
+        "trainer.devices": 2, "trainer.strategy": "ddp", "data.init_args.num_workers": 0,
+        "model.init_args.stage": "finetune",  # the tower past select_layer trains nothing: DDP refuses it
+        "trainer.callbacks": [{"class_path": "tests.test_ddp.RecordRank", "init_args": {"out_dir": str(tmp_path)}}]}
+    spec["stages"][1]["eval"]["data"] = {"vqa": str(world / "val_qa.jsonl")}
+    path.write_text(yaml.safe_dump(spec))
+    proc = chimera("pipeline", "run", path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert proc.stdout.count("[pipeline] eval_sft: running") == 1
+    assert (tmp_path / "out" / "eval_sft" / "complete.json").is_file()
+    assert json.loads((tmp_path / "out" / "sft" / "complete.json").read_text())["kind"] == "fit"

@@ -28,6 +28,8 @@ import copy
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -83,6 +85,18 @@ def set_dotted(config: dict, key: str, value) -> None:
         node[int(last)] = value
     else:
         node[last] = value
+
+
+class StageFailed(RuntimeError):
+    """A stage run in its own process failed; it has printed why."""
+
+
+def one_process(trainer: dict) -> bool:
+    """Whether a trainer config runs in this process: exactly one device on one node. Anything else
+    (`devices: 2`, `auto` on a multi-GPU machine, several nodes) has Lightning launch ranks."""
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
+    single = devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1)
+    return single and int(nodes) == 1
 
 
 def resolved_fit_config(stage: dict, stage_dir: Path) -> dict:
@@ -236,8 +250,6 @@ class Pipeline:
         self.log(f"[pipeline] {stage['name']}: {summary['samples']} conversations, {summary['skipped']} skipped")
 
     def _run_fit(self, stage: dict, stage_dir: Path) -> None:
-        from train.cli import main
-
         cfg = resolved_fit_config(stage, stage_dir)
         path = stage_dir / "stage.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -246,7 +258,19 @@ class Pipeline:
         if last.is_file():
             self.log(f"[pipeline] {stage['name']}: resuming from {last}")
             args += ["--ckpt_path", str(last)]
-        main(args)
+        if one_process(cfg.get("trainer") or {}):
+            from train.cli import main
+
+            main(args)
+            return
+        # Lightning starts the other ranks by re-running its own command line: from inside the
+        # pipeline that would be the whole pipeline, once per rank. A `chimera fit` process of its
+        # own gives every rank exactly this stage.
+        self.log(f"[pipeline] {stage['name']}: several processes; launching `chimera fit` for them")
+        proc = subprocess.run([sys.executable, "-m", "train.cli", *args])
+        if proc.returncode != 0:
+            raise StageFailed(f"stage {stage['name']!r}: `chimera fit` exited with status {proc.returncode} "
+                              f"(its output is above; logs in {stage_dir})")
 
     def _run_eval(self, stage: dict, stage_dir: Path) -> None:
         from train.checkpoint import load_module
