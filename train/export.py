@@ -36,8 +36,12 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out_dir: str | Path) -> Path:
 
 
 def _save_module(module, config: dict, out: Path, source: str) -> Path:
+    """OUT/model.ckpt, self-contained like a `chimera fit` checkpoint (no path to SRC or OUT's parts)."""
+    from train.checkpoint import self_contained
+
     path = out / "model.ckpt"
-    atomic_save({"state_dict": module.state_dict(), "chimera_config": config, "imported_from": source}, path)
+    ckpt = {"state_dict": module.state_dict(), "chimera_config": config, "imported_from": source}
+    atomic_save(self_contained(ckpt, module), path)
     return path
 
 
