@@ -33,12 +33,19 @@ def build_module(model_config: dict) -> L.LightningModule:
 
 
 def load_module(ckpt_path: str | Path, map_location: str = "cpu") -> L.LightningModule:
+    """A module from a `chimera fit` checkpoint file or a release directory (`chimera export
+    --format chimera`), in eval mode."""
     path = Path(ckpt_path)
-    ckpt = safe_load(path, map_location)
-    config = ckpt.get("chimera_config") if isinstance(ckpt, dict) else None
-    if not config:
-        raise ValueError(f"{path} has no `chimera_config`: it was not written by `chimera fit`")
-    state = ckpt["state_dict"]
+    if path.is_dir():
+        from train.release import read_release
+
+        config, state = read_release(path)
+    else:
+        ckpt = safe_load(path, map_location)
+        config = ckpt.get("chimera_config") if isinstance(ckpt, dict) else None
+        if not config:
+            raise ValueError(f"{path} has no `chimera_config`: it was not written by `chimera fit`")
+        state = ckpt["state_dict"]
     config = drop_unknown_args(config)  # options removed since the checkpoint was written
     module = build_module(config)
     module.load_state_dict(state)
