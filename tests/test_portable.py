@@ -16,7 +16,7 @@ from tests.tiny import experiment_config, tiny_world
 from train.checkpoint import build_module, load_module
 from train.cli import main
 from train.generate import generate_answer
-from train.release import read_release
+from train.release import read_release, write_release
 
 CLIP_ARCH = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
                                              "head_width": 16},
@@ -194,8 +194,6 @@ def test_lm_and_clip_stages_release_too(tmp_path):
     for name, config in (("lm", lm_config), ("clip", clip_config)):
         module = build_module(config).eval()
         module.chimera_config = config
-        from train.release import write_release
-
         write_release(module, tmp_path / name)
         release = load_module(tmp_path / name)
         with torch.no_grad():
