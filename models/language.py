@@ -15,7 +15,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAn
 
 from data.templates import IMAGE_TOKEN, PAD_TOKEN
 from models.peft import Bottleneck, LlamaAdapter, LoRA, base_state_dict, is_4bit, load_4bit_pre_hook, merge_lora
-from models.safe_load import safe_load
+from models.safe_load import read_state_dict
+from models.tokenizer_files import tokenizer_from_files, tokenizer_to_files
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,13 +36,12 @@ CHECKPOINT_PREFIX = "model.language.model."
 
 
 def checkpoint_weights(ckpt_path: str | Path, prefix: str, what: str) -> dict[str, Tensor]:
-    """The `state_dict` entries of a `chimera fit` checkpoint under `prefix`, prefix removed;
-    errors name the option (`what`) and the file."""
+    """The `state_dict` entries of a `chimera fit` checkpoint or a release directory under `prefix`,
+    prefix removed; errors name the option (`what`) and the file."""
     path = Path(ckpt_path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{what} checkpoint not found: {path}")
-    ckpt = safe_load(path)
-    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    state = read_state_dict(path)
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{path} holds no `{prefix}*` weights: not a checkpoint of `chimera fit` with that part")
@@ -69,11 +69,18 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+# transformers config keys that say where a model came from or how it was loaded, not its shape
+# (quantisation is re-applied by `quantization`, the dtype by `dtype`)
+_NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "architectures", "quantization_config", "dtype",
+                     "torch_dtype", "_attn_implementation_autoset", "_commit_hash")
+
+
 class LanguageModel(nn.Module):
     """A causal LM from a hub id / local dir (`name_or_path`) or built from `config` (random init).
 
     `config` is a transformers config dict with a `model_type` (e.g. "llama"); its vocab size
-    and special token ids are filled from the tokenizer. `<image>` is added to the tokenizer if
+    and special token ids are filled from the tokenizer. `tokenizer` is a path, or the tokenizer's
+    files as data (`models.tokenizer_files`, what a checkpoint carries). `<image>` is added to the tokenizer if
     missing and the embeddings are resized, so every LM gets the same image placeholder.
 
     PEFT: `quantization` loads the linear layers (not embeddings, not the head) as bitsandbytes
@@ -93,7 +100,7 @@ class LanguageModel(nn.Module):
         self,
         name_or_path: str | None = None,
         config: dict | None = None,
-        tokenizer: str | None = None,
+        tokenizer: str | dict[str, str] | None = None,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
         adapter: LoRA | LlamaAdapter | Bottleneck | None = None,
@@ -123,8 +130,11 @@ class LanguageModel(nn.Module):
         if tok_source is None:
             raise ValueError("LanguageModel built from `config` needs a `tokenizer` path")
         hub = {"revision": revision} if revision is not None else {}
-        self.tokenizer: PreTrainedTokenizerBase = _load_offline(
-            AutoTokenizer.from_pretrained, tok_source, "tokenizer", **(hub if tokenizer is None else {}))
+        if isinstance(tok_source, dict):  # the tokenizer's files, as a self-contained checkpoint carries them
+            self.tokenizer: PreTrainedTokenizerBase = tokenizer_from_files(tok_source)
+        else:
+            self.tokenizer = _load_offline(
+                AutoTokenizer.from_pretrained, tok_source, "tokenizer", **(hub if tokenizer is None else {}))
         added = {}
         if self.tokenizer.pad_token is None:
             added["pad_token"] = PAD_TOKEN
@@ -195,6 +205,18 @@ class LanguageModel(nn.Module):
         for layer in decoder_layers(self.model):
             if getattr(layer, "gradient_checkpointing", False):
                 layer.training = True
+
+    def architecture(self) -> dict:
+        """Constructor arguments that rebuild this LM with no file: its transformers config (random
+        init; a checkpoint's state_dict then brings the weights) and its tokenizer as data. The other
+        arguments (adapter, quantization, dtype, ...) stay as configured."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        config = base.config.to_diff_dict()
+        for key in _NOT_ARCHITECTURE:
+            config.pop(key, None)
+        config["model_type"] = base.config.model_type
+        return {"name_or_path": None, "revision": None, "config": config,
+                "tokenizer": tokenizer_to_files(self.tokenizer)}
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """What the adapter added (LoRA A/B, prompts and gates, bottleneck weights); [] without one."""

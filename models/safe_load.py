@@ -41,3 +41,25 @@ def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -
     except Exception as err:  # a cut-off or foreign file fails in many ways (zip, pickle, EOF, key errors)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first}") from err
+
+
+RELEASE_WEIGHTS = "model.safetensors"  # a release directory's weights (`chimera export --format chimera`)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint file (its `state_dict`) or of a release directory (its
+    safetensors), so `init_from`, `weights_from` and `--ckpt` take either."""
+    path = Path(path)
+    if path.is_dir():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        weights = path / RELEASE_WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} is a directory without {RELEASE_WEIGHTS}: not a chimera release")
+        try:
+            return load_file(weights)
+        except SafetensorError as err:
+            raise CheckpointError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+    ckpt = safe_load(path)
+    return ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}

@@ -64,6 +64,12 @@ class ImageTransform:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, mean={self.mean}, std={self.std})"
 
+    def to_dict(self) -> dict:
+        """The settings as data, for a release's image_processing.json: what another stack needs
+        to feed the tower the pixels it was trained on."""
+        return {"size": self.size, "mean": self.mean, "std": self.std, "resize": "squash",
+                "interpolation": "bicubic", "antialias": True, "convert": "RGB", "rescale": 1 / 255}
+
 
 def grid_coords(
     height: int, width: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -261,6 +267,8 @@ class OpenCLIPVision(VisionEncoder):
             about ``sqrt(dim)`` gives them the energy of the whole feature vector. A
             tower that trains scales its own channels and is better left at 1
             (docs/benchmarks.md, "Where is the X?" for Flamingo).
+        image_mean, image_std: normalisation, overriding what open_clip takes from
+            the pretrained tag (a checkpoint records them, since it loads without the tag).
     """
 
     def __init__(
@@ -271,6 +279,8 @@ class OpenCLIPVision(VisionEncoder):
         select_layer: int = -2,
         add_coords: bool = False,
         coords_scale: float = 1.0,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         import open_clip
@@ -288,7 +298,9 @@ class OpenCLIPVision(VisionEncoder):
             )
         try:
             # on the default device, so `with torch.device("meta")` builds it without storage
-            clip = open_clip.create_model(name, pretrained=pretrained, device=torch.get_default_device())
+            force = {k: list(v) for k, v in (("mean", image_mean), ("std", image_std)) if v is not None}
+            clip = open_clip.create_model(name, pretrained=pretrained, device=torch.get_default_device(),
+                                          force_preprocess_cfg=force or None)
         except RuntimeError as e:
             # open_clip turns download failures (OSError from the hub) into RuntimeError.
             if is_tag and isinstance(e.__context__, OSError):
@@ -309,6 +321,11 @@ class OpenCLIPVision(VisionEncoder):
         self.mean = tuple(float(m) for m in cfg["mean"])
         self.std = tuple(float(s) for s in cfg["std"])
         self.num_patches, self.dim = self._probe_shape()
+
+    def architecture(self) -> dict:
+        """Arguments that rebuild this tower without its pretrained tag or file (the normalisation
+        the tag brought is kept; the weights come from a checkpoint's state_dict)."""
+        return {"pretrained": None, "image_mean": list(self.mean), "image_std": list(self.std)}
 
     def features(self, pixels: Tensor) -> Tensor:
         # forward_intermediates (open_clip >= 2.26) already drops the CLS token;
@@ -359,6 +376,9 @@ class HFVision(VisionEncoder):
             name; a checkpoint of another type is rejected.
         select_layer: index into ``hidden_states`` (0 = embeddings, i = output
             of block i); CLS dropped for CLIP (SigLIP has none).
+        image_mean, image_std: normalisation of a tower built from ``config``
+            (default: the image processor type's); a checkpoint records the
+            pretrained processor's here, since it loads without that directory.
     """
 
     def __init__(
@@ -367,6 +387,8 @@ class HFVision(VisionEncoder):
         config: dict | None = None,
         model_type: Literal["clip", "siglip"] = "clip",
         select_layer: int = -2,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         config_cls, model_cls, processor_cls = _hf_classes(model_type)
@@ -401,6 +423,8 @@ class HFVision(VisionEncoder):
         if processor is None:
             size = {"height": self.image_size, "width": self.image_size}
             extra = {"crop_size": size, "do_center_crop": False} if model_type == "clip" else {}
+            extra.update({k: list(v) for k, v in (("image_mean", image_mean), ("image_std", image_std))
+                          if v is not None})
             processor = processor_cls(size=size, **extra)
         self._processor = processor
         self.mean = tuple(float(m) for m in processor.image_mean)
@@ -419,6 +443,14 @@ class HFVision(VisionEncoder):
     def features(self, pixels: Tensor) -> Tensor:
         out = self.model(pixel_values=pixels, output_hidden_states=True)
         return out.hidden_states[self.select_layer][:, self.num_prefix_tokens :]
+
+    def architecture(self) -> dict:
+        """Arguments that rebuild this tower with no file: its transformers config (random init; a
+        checkpoint's state_dict brings the weights) and the processor's normalisation."""
+        config = self.model.config.to_diff_dict()
+        for key in ("_name_or_path", "transformers_version", "architectures", "model_type", "dtype", "torch_dtype"):
+            config.pop(key, None)
+        return {"name_or_path": None, "config": config, "image_mean": list(self.mean), "image_std": list(self.std)}
 
     def save_pretrained(self, directory: str) -> None:
         """Write an HF model dir (weights, config, preprocessor) that

@@ -1,4 +1,4 @@
-"""Rebuild a trained module from a checkpoint alone: the resolved model config travels inside it."""
+"""Rebuild a trained module from a checkpoint alone: its architecture and tokenizer travel inside it."""
 
 from __future__ import annotations
 
@@ -6,9 +6,22 @@ from pathlib import Path
 
 import lightning as L
 from jsonargparse import ArgumentParser
+from torch import nn
 
 from models.safe_load import safe_load
+from train.architecture import architecture_config
 from train.config_compat import drop_unknown_args
+
+
+def self_contained(checkpoint: dict, module: nn.Module) -> dict:
+    """Make `checkpoint` load with no other file present: its `chimera_config` becomes the
+    architecture (`train.architecture`: no init_from/weights_from/pretrained, the LM's transformers
+    config instead of a hub id or folder, the tokenizer's files as data). Every writer of a
+    checkpoint (each module's `on_save_checkpoint`, merge, import) calls this, so there is one rule."""
+    config = checkpoint.get("chimera_config")
+    if config:
+        checkpoint["chimera_config"] = architecture_config(config, module)
+    return checkpoint
 
 
 def build_module(model_config: dict) -> L.LightningModule:
@@ -20,13 +33,21 @@ def build_module(model_config: dict) -> L.LightningModule:
 
 
 def load_module(ckpt_path: str | Path, map_location: str = "cpu") -> L.LightningModule:
+    """A module from a `chimera fit` checkpoint file or a release directory (`chimera export
+    --format chimera`), in eval mode."""
     path = Path(ckpt_path)
-    ckpt = safe_load(path, map_location)
-    config = ckpt.get("chimera_config") if isinstance(ckpt, dict) else None
-    if not config:
-        raise ValueError(f"{path} has no `chimera_config`: it was not written by `chimera fit`")
+    if path.is_dir():
+        from train.release import read_release
+
+        config, state = read_release(path)
+    else:
+        ckpt = safe_load(path, map_location)
+        config = ckpt.get("chimera_config") if isinstance(ckpt, dict) else None
+        if not config:
+            raise ValueError(f"{path} has no `chimera_config`: it was not written by `chimera fit`")
+        state = ckpt["state_dict"]
     config = drop_unknown_args(config)  # options removed since the checkpoint was written
     module = build_module(config)
-    module.load_state_dict(ckpt["state_dict"])
+    module.load_state_dict(state)
     module.chimera_config = config
     return module.eval()

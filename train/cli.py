@@ -20,7 +20,7 @@ commands:
   pipeline   run staged experiments             (chimera pipeline run configs/pipelines/demo.yaml)
   merge      fold LoRA into dense weights       (chimera merge --ckpt CKPT --out DIR)
   eval       score a checkpoint on tasks        (chimera eval --config X.yaml --ckpt CKPT --tasks vqa --out DIR)
-  export     write a transformers LLaVA dir     (chimera export --ckpt CKPT --format hf-llava --out DIR)
+  export     write a release or an HF LLaVA dir (chimera export --ckpt CKPT --format chimera|hf-llava --out DIR)
   import     read HF LLaVA / OpenFlamingo       (chimera import --format hf-llava|openflamingo --src SRC --out DIR)
   curate     filter/dedup/mix shards            (chimera curate --config configs/curation/shapes.yaml --in SRC --out DST)
 """
@@ -94,7 +94,7 @@ def data_main(argv: list[str]) -> None:
 
 def generate_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="chimera generate", description="Answer a prompt about an image.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `chimera fit`")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `chimera fit`, or a release directory")
     parser.add_argument("--image", help="image file (omit for a text-only prompt)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=32)

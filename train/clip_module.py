@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from models.clip import ContrastiveDualEncoder
 from train.evaluation.retrieval_metric import recall_at_k
+from train.checkpoint import self_contained
 from train.schedule import warmup_cosine
 from train.guards import check_finite_loss
 
@@ -96,3 +97,4 @@ class CLIPModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["chimera_config"] = self.chimera_config
+        self_contained(checkpoint, self)  # loads with no upstream file (train/checkpoint.py)

@@ -1,5 +1,8 @@
-"""`chimera export` / `chimera import`: checkpoints in other projects' formats.
+"""`chimera export` / `chimera import`: releases, and checkpoints in other projects' formats.
 
+    chimera export --ckpt CKPT --format chimera --out DIR
+        DIR is a release (train/release.py): model.safetensors, config.json, the tokenizer files and
+        image_processing.json; `chimera generate|eval --ckpt DIR` and `init_from: DIR` load it.
     chimera export --ckpt CKPT --format hf-llava --out DIR
         DIR loads with `transformers.LlavaForConditionalGeneration.from_pretrained(DIR)` (and
         `AutoProcessor`); needs an HF CLIP tower, the mlp2x_gelu connector and a dense LM
@@ -22,13 +25,20 @@ import yaml
 from train.checkpoint_io import atomic_save
 
 
+EXPORT_FORMATS = ("chimera", "hf-llava")
+
+
 def export_checkpoint(ckpt: str | Path, fmt: str, out_dir: str | Path) -> Path:
     from models.interop import export_hf_llava
     from models.llava import LLaVA
     from train.checkpoint import load_module
 
-    if fmt != "hf-llava":
-        raise ValueError(f"unknown export format {fmt!r}; choose 'hf-llava'")
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {list(EXPORT_FORMATS)}")
+    if fmt == "chimera":
+        from train.release import write_release
+
+        return write_release(load_module(ckpt), out_dir)
     model = load_module(ckpt).model
     if not isinstance(model, LLaVA):
         raise ValueError(f"{ckpt}: hf-llava export needs a LLaVA model, got {type(model).__name__}")
@@ -36,8 +46,12 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out_dir: str | Path) -> Path:
 
 
 def _save_module(module, config: dict, out: Path, source: str) -> Path:
+    """OUT/model.ckpt, self-contained like a `chimera fit` checkpoint (no path to SRC or OUT's parts)."""
+    from train.checkpoint import self_contained
+
     path = out / "model.ckpt"
-    atomic_save({"state_dict": module.state_dict(), "chimera_config": config, "imported_from": source}, path)
+    ckpt = {"state_dict": module.state_dict(), "chimera_config": config, "imported_from": source}
+    atomic_save(self_contained(ckpt, module), path)
     return path
 
 
@@ -80,8 +94,10 @@ def import_openflamingo(src: str | Path, experiment: str | Path, out_dir: str | 
 
 def export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="chimera export", description="Write a checkpoint in another format.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `chimera fit` (or `chimera merge`)")
-    parser.add_argument("--format", required=True, choices=["hf-llava"])
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `chimera fit` (or `chimera merge`), or a release directory")
+    parser.add_argument("--format", required=True, choices=list(EXPORT_FORMATS),
+                        help="chimera: a release directory (safetensors + config + tokenizer); "
+                             "hf-llava: a transformers LlavaForConditionalGeneration directory")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     print(f"wrote {export_checkpoint(args.ckpt, args.format, args.out)}")

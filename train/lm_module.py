@@ -22,6 +22,7 @@ from data.conversation_dataset import read_records
 from data.templates import IMAGE_TOKEN, ChatTemplate, Segment
 from data.tokenize import tokenize_segments
 from models.language import LanguageModel
+from train.checkpoint import self_contained
 from train.schedule import warmup_cosine
 from train.guards import check_finite_loss
 
@@ -141,3 +142,4 @@ class LMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["chimera_config"] = self.chimera_config
+        self_contained(checkpoint, self)  # loads with no upstream file (train/checkpoint.py)

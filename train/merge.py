@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from train.checkpoint import load_module
+from train.checkpoint import load_module, self_contained
 from train.checkpoint_io import atomic_save
 
 
@@ -33,6 +33,7 @@ def merge_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "merged.ckpt"
-    atomic_save({"state_dict": module.state_dict(), "chimera_config": config, "merged_from": str(ckpt)}, path)
+    merged = {"state_dict": module.state_dict(), "chimera_config": config, "merged_from": str(ckpt)}
+    atomic_save(self_contained(merged, module), path)
     module.model.language.save_pretrained(out / "language")
     return path

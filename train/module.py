@@ -336,7 +336,10 @@ class VLMModule(L.LightningModule):
         return decays[canonical_name(name)] if decays else p.ndim >= 2
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from train.checkpoint import self_contained
+
         checkpoint["chimera_config"] = self.chimera_config
+        self_contained(checkpoint, self)  # loads with no upstream file (train/checkpoint.py)
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["dropped_samples"] = self.dropped_samples
         checkpoint["data_guard"] = self.data_guard.state_dict()

@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chimera eval", description="Evaluate a checkpoint on tasks, or score "
                                 "existing predictions; writes OUT/results.json and OUT/<task>.jsonl.")
     p.add_argument("--config", help="experiment YAML: default data files (beside data.val_qa) and logger")
-    p.add_argument("--ckpt", help="checkpoint from `chimera fit` (without it: the config's untrained model)")
+    p.add_argument("--ckpt", help="checkpoint from `chimera fit` or a release directory (without it: the config's untrained model)")
     p.add_argument("--tasks", required=True, help="comma-separated: vqa,caption,pope")
     p.add_argument("--data", action="append", default=[],
                    help="FILE (one task) or TASK=FILE; repeatable. Default: the task's file beside data.val_qa")
