@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from models.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
+
 SAFE_GLOBALS: list = []
 
 
@@ -27,6 +29,8 @@ def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -
     """`torch.load(path, weights_only=True)`; unreadable files raise one `CheckpointError` naming them.
     `mmap=True` maps the tensors instead of reading them (a cheap check of a large file)."""
     path = Path(path)
+    if is_sharded_checkpoint(path):  # FSDP's sharded `last.ckpt` directory, gathered into one dict
+        return load_sharded_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -50,7 +54,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a checkpoint file (its `state_dict`) or of a release directory (its
     safetensors), so `init_from`, `weights_from` and `--ckpt` take either."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -196,11 +196,20 @@ def test_two_process_fsdp_on_cpu(tmp_path):
 
 def test_two_process_fsdp_llava_validates_with_synced_generation(tmp_path):
     """FSDP validation generates on every rank through sharded layers (each forward an all-gather):
-    ranks step together (`synced_gpus`) and the gathered predictions cover the whole val set."""
+    ranks step together (`synced_gpus`) and the gathered predictions cover the whole val set. The
+    run saves `last.ckpt` sharded (a directory), which loads whole in one process, as data, for
+    eval/export (`load_module`) and for a later stage's `init_from`."""
+    from models.language import checkpoint_weights
+    from models.sharded_checkpoint import is_sharded_checkpoint
+    from train.checkpoint import load_module
+
     world = tiny_world(tmp_path)
     cfg = experiment_config(world, tmp_path / "runs", max_steps=2)
-    cfg["trainer"].update({"devices": 2, "val_check_interval": 2, "enable_checkpointing": False,
-                           "strategy": {"class_path": "train.strategies.FSDP", "init_args": {}}})
+    cfg["trainer"].update({"devices": 2, "val_check_interval": 2, "callbacks": [
+        {"class_path": "tests.test_strategies.RecordFSDP", "init_args": {"out_dir": str(tmp_path)}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}],
+        "strategy": {"class_path": "train.strategies.FSDP", "init_args": {"state_dict_type": "sharded"}}})
     cfg["model"]["init_args"].update({"stage": "finetune", "max_new_tokens": 6})
     cfg["data"]["init_args"].update({"max_val_samples": 7, "batch_size": 2})
     launch_fit(cfg, tmp_path / "fsdp_val.yaml")
@@ -209,3 +218,14 @@ def test_two_process_fsdp_llava_validates_with_synced_generation(tmp_path):
     assert [p["index"] for p in predictions] == list(range(7))
     rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/acc")]
     assert len(rows) == 1 and float(rows[0]["val/acc"]) == sum(p["correct"] for p in predictions) / 7
+
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert is_sharded_checkpoint(last)
+    trained = torch.load(tmp_path / "rank0.pt")
+    module = load_module(last)
+    loaded = dict(module.named_parameters())
+    assert loaded.keys() == trained.keys()
+    for key, value in trained.items():
+        assert torch.equal(loaded[key], value), key
+    connector = checkpoint_weights(last, "model.connector.", "init_from")
+    assert connector and all(torch.equal(v, trained[f"model.connector.{k}"]) for k, v in connector.items())

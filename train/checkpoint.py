@@ -9,6 +9,7 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from models.safe_load import safe_load
+from models.sharded_checkpoint import is_sharded_checkpoint
 from train.architecture import architecture_config
 from train.config_compat import drop_unknown_args
 
@@ -36,7 +37,7 @@ def load_module(ckpt_path: str | Path, map_location: str = "cpu") -> L.Lightning
     """A module from a `chimera fit` checkpoint file or a release directory (`chimera export
     --format chimera`), in eval mode."""
     path = Path(ckpt_path)
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         from train.release import read_release
 
         config, state = read_release(path)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from models.safe_load import safe_load
+from models.sharded_checkpoint import META_FILE, is_sharded_checkpoint
 from train.fit_errors import ChimeraArgumentParser
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -28,7 +31,8 @@ class ChimeraCLI(LightningCLI):
         sub = self.config.get("subcommand")
         ckpt = (self.config[sub] if sub else self.config).get("ckpt_path")
         if ckpt and str(ckpt) not in SPECIAL_CKPT_PATHS and "://" not in str(ckpt):
-            safe_load(ckpt, mmap=True)  # reads the pickle and the archive's index, not the tensors
+            # reads the pickle and the archive's index, not the tensors (of a sharded directory: its meta.pt)
+            safe_load(Path(ckpt) / META_FILE if is_sharded_checkpoint(ckpt) else ckpt, mmap=True)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

@@ -253,9 +253,9 @@ class Pipeline:
         cfg = resolved_fit_config(stage, stage_dir)
         path = stage_dir / "stage.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        last = stage_dir / "checkpoints" / "last.ckpt"
+        last = stage_dir / "checkpoints" / "last.ckpt"  # a file, or a directory when FSDP saves it sharded
         args = ["fit", "--config", str(path)]
-        if last.is_file():
+        if last.exists():
             self.log(f"[pipeline] {stage['name']}: resuming from {last}")
             args += ["--ckpt_path", str(last)]
         if one_process(cfg.get("trainer") or {}):
