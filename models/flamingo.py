@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.connectors import Connector
 from models.language import LanguageModel
 from models.resampler import PerceiverResampler, feed_forward, merge_heads, split_heads
 from models.vision import VisionEncoder, encode_without_frozen_graph
@@ -137,13 +136,14 @@ class SpecialTokenDeltas(nn.Module):
 
 
 class Flamingo(nn.Module):
-    """`resampler` is a factory called with (vision dim, vision dim): the resampled tokens stay in vision width."""
+    """`resampler` is a factory called with (vision dim, vision dim): the resampled tokens stay in vision width.
+    Each image is resampled with its place among its row's images, for the resampler's time embeddings."""
 
     def __init__(
         self,
         vision: VisionEncoder,
         language: LanguageModel,
-        resampler: Callable[[int, int], Connector] = PerceiverResampler,
+        resampler: Callable[[int, int], PerceiverResampler] = PerceiverResampler,
         cross_attn_every_n_layers: int = 1,
         decoder_layers_path: str = "model.layers",
         only_attend_immediate_media: bool = True,
@@ -202,9 +202,10 @@ class Flamingo(nn.Module):
                 layers[i] = layer.decoder_layer
         return self.language
 
-    def encode_images(self, pixel_values: Tensor) -> Tensor:
-        """(I, 3, H, W) -> (I, M, Dv); no graph through a frozen tower."""
-        return self.connector(encode_without_frozen_graph(self.vision, pixel_values))
+    def encode_images(self, pixel_values: Tensor, media_index: Tensor | None = None) -> Tensor:
+        """(I, 3, H, W) -> (I, M, Dv); `media_index` (I,): each image's place among its row's images
+        (None: each the first). No graph through a frozen tower."""
+        return self.connector(encode_without_frozen_graph(self.vision, pixel_values), media_index=media_index)
 
     def media_per_row(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, Tensor]:
         """Images (in `<image>` order, row 0 first) -> zero-padded (B, T, M, Dv) and per-row counts (B,)."""
@@ -213,15 +214,15 @@ class Flamingo(nn.Module):
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
         if int(counts.sum()) != n_images:
             raise ValueError(f"batch has {int(counts.sum())} <image> tokens but {n_images} images")
+        rows = is_img.nonzero()[:, 0]
+        slots = (is_img.cumsum(1) - 1)[is_img]
         if n_images:
-            feats = self.encode_images(pixel_values)
+            feats = self.encode_images(pixel_values, slots)
         else:
             dtype = next(self.connector.parameters()).dtype
             feats = torch.zeros(0, self.num_image_tokens, self.vision.dim, device=input_ids.device, dtype=dtype)
         T = int(counts.max()) if input_ids.shape[0] else 0
         media = feats.new_zeros(input_ids.shape[0], T, *feats.shape[1:])
-        rows = is_img.nonzero()[:, 0]
-        slots = (is_img.cumsum(1) - 1)[is_img]
         return media.index_put((rows, slots), feats), counts
 
     @contextlib.contextmanager
