@@ -1,8 +1,9 @@
 """Flamingo composition: resampled image features reach a causal LM through gated cross-attention.
 
 The `<image>` tokens stay in the text. Gated cross-attention blocks are inserted by replacing
-entries of the decoder-layer `nn.ModuleList` (found at a declared attribute path) with
-`FlamingoLayer` wrappers; the blocks' parameters are owned only by `Flamingo.cross_attention`.
+entries of the decoder-layer `nn.ModuleList` (at a declared attribute path, or the list of the
+layer classes the LM declares; `models.language.decoder_layer_list`, through a LoRA/QLoRA wrapper
+too) with `FlamingoLayer` wrappers; the blocks' parameters are owned only by `Flamingo.cross_attention`.
 
 Media conditioning travels through a `MediaState` shared by Flamingo and the wrappers. It is
 filled only inside `Flamingo.forward` / `generate`, by a forward hook on the LM's input
@@ -13,7 +14,6 @@ passes with its input_ids. Outside those calls the wrapped LM behaves exactly li
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.language import LanguageModel
+from models.language import LanguageModel, decoder_layer_list
 from models.resampler import PerceiverResampler, feed_forward, merge_heads, split_heads
 from models.vision import VisionEncoder, encode_without_frozen_graph
 
@@ -137,7 +137,9 @@ class SpecialTokenDeltas(nn.Module):
 
 class Flamingo(nn.Module):
     """`resampler` is a factory called with (vision dim, vision dim): the resampled tokens stay in vision width.
-    Each image is resampled with its place among its row's images, for the resampler's time embeddings."""
+    Each image is resampled with its place among its row's images, for the resampler's time embeddings.
+    `decoder_layers_path` (relative to the transformers model, e.g. "transformer.blocks"): where the
+    decoder layers are; None finds them (`decoder_layer_list`)."""
 
     def __init__(
         self,
@@ -145,7 +147,7 @@ class Flamingo(nn.Module):
         language: LanguageModel,
         resampler: Callable[[int, int], PerceiverResampler] = PerceiverResampler,
         cross_attn_every_n_layers: int = 1,
-        decoder_layers_path: str = "model.layers",
+        decoder_layers_path: str | None = None,
         only_attend_immediate_media: bool = True,
         xattn_heads: int = 8,
         xattn_dim_head: int = 64,
@@ -164,14 +166,7 @@ class Flamingo(nn.Module):
                                                  language.hidden_size)
         self._state = MediaState()
 
-        try:
-            layers = functools.reduce(getattr, decoder_layers_path.split("."), language.model)
-        except AttributeError as err:
-            raise ValueError(f"decoder_layers_path {decoder_layers_path!r} not found on "
-                             f"{type(language.model).__name__}: {err}") from err
-        if not isinstance(layers, nn.ModuleList):
-            raise ValueError(f"decoder_layers_path {decoder_layers_path!r} is a {type(layers).__name__}, "
-                             "not the nn.ModuleList of decoder layers")
+        self.decoder_layers_path, layers = decoder_layer_list(language.model, decoder_layers_path)
         self._decoder_layers = [layers]  # a list, so it is not registered twice
         where = [i for i in range(len(layers)) if (i + 1) % cross_attn_every_n_layers == 0]
         self.cross_attention = nn.ModuleList(
@@ -180,6 +175,11 @@ class Flamingo(nn.Module):
         )
         for i, block in zip(where, self.cross_attention):
             layers[i] = FlamingoLayer(layers[i], block, self._state)
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The LM's decoder-layer list, some entries our `FlamingoLayer` wrappers."""
+        return self._decoder_layers[0]
 
     @property
     def tokenizer(self):

@@ -278,7 +278,7 @@ _OF_ATTN = ("norm.", "to_q.", "to_kv.", "to_out.")
 
 def _decoder_layers_path(model) -> str:
     """Where Flamingo found the decoder layers, relative to `language.model` (found by identity)."""
-    target = model._decoder_layers[0]
+    target = model.decoder_layers
     for name, mod in model.language.model.named_modules():
         if mod is target:
             return name
@@ -288,7 +288,7 @@ def _decoder_layers_path(model) -> str:
 def _wrapped_layers(model) -> list[int]:
     from models.flamingo import FlamingoLayer
 
-    return [i for i, layer in enumerate(model._decoder_layers[0]) if isinstance(layer, FlamingoLayer)]
+    return [i for i, layer in enumerate(model.decoder_layers) if isinstance(layer, FlamingoLayer)]
 
 
 def chimera_to_openflamingo(model, trainable_only: bool = False) -> dict[str, Tensor]:

@@ -57,7 +57,7 @@ def test_llava_units_are_decoder_layers_and_vision_blocks(world):
     assert names(FSDP().plan(vlm)[0]) == ["CLIPEncoderLayer", "LlamaDecoderLayer"]  # not CLIP's embeddings
     assert names(FSDP().plan(vlm)[1]) == ["LlamaDecoderLayer"]
     bare = FSDP(wrap_vision=False, activation_checkpointing=False)
-    assert bare.plan(vlm) == (decoder_layer_classes(vlm.language), set())
+    assert bare.plan(vlm) == (decoder_layer_classes(vlm), set())
     # the tests' CNN tower (one block per stage) has no repeated block: it stays in the root unit
     assert vision_block_classes(build_module(module_config(world)).model.vision) == set()
 
