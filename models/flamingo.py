@@ -85,15 +85,21 @@ class MediaState:
 class FlamingoLayer(nn.Module):
     """Applies its gated block to the hidden states, then the original decoder layer, args untouched.
 
-    The block and the state are held as plain attributes, not submodules, so the LM's
-    parameters (and freezing `language`) never include the cross-attention.
+    The blocks' list and the state are held as plain attributes, not submodules, so the LM's
+    parameters (and freezing `language`) never include the cross-attention. The block is looked
+    up in `Flamingo.cross_attention` at each call, so whatever replaced it there (an FSDP unit
+    that gathers its sharded parameters) is what runs.
     """
 
-    def __init__(self, decoder_layer: nn.Module, block: GatedCrossAttentionBlock, state: MediaState) -> None:
+    def __init__(self, decoder_layer: nn.Module, blocks: nn.ModuleList, index: int, state: MediaState) -> None:
         super().__init__()
-        self.decoder_layer = decoder_layer
-        object.__setattr__(self, "block", block)
+        self.decoder_layer, self.index = decoder_layer, index
+        object.__setattr__(self, "blocks", blocks)
         object.__setattr__(self, "state", state)
+
+    @property
+    def block(self) -> nn.Module:
+        return self.blocks[self.index]
 
     def __getattr__(self, name: str):
         """Some HF models read attributes such as `attention_type` off their decoder layers."""
@@ -173,8 +179,8 @@ class Flamingo(nn.Module):
             GatedCrossAttentionBlock(language.hidden_size, vision.dim, xattn_heads, xattn_dim_head, xattn_ff_mult)
             for _ in where
         )
-        for i, block in zip(where, self.cross_attention):
-            layers[i] = FlamingoLayer(layers[i], block, self._state)
+        for k, i in enumerate(where):
+            layers[i] = FlamingoLayer(layers[i], self.cross_attention, k, self._state)
 
     @property
     def decoder_layers(self) -> nn.ModuleList:

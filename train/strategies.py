@@ -74,7 +74,9 @@ class _IsInstance:
 
 
 class FSDP(FSDPStrategy):
-    """FSDP with one unit per LM decoder layer (and per vision block), its layers checkpointed.
+    """FSDP with one unit per LM decoder layer (and per vision block), its layers checkpointed; a
+    Flamingo's resampler and each gated cross-attention block are units too. `shard_frozen` shards
+    a frozen model kept outside the trained module (DPO's reference) with the same units.
 
     sharding: FULL_SHARD shards parameters, gradients and optimizer state (ZeRO-3-like);
         SHARD_GRAD_OP keeps parameters whole between forward and backward (ZeRO-2-like);
@@ -108,10 +110,26 @@ class FSDP(FSDPStrategy):
         self.checkpointed: set[type[nn.Module]] = set()
 
     def plan(self, vlm: nn.Module) -> tuple[set[type[nn.Module]], set[type[nn.Module]]]:
-        """(classes wrapped as FSDP units, classes checkpointed) for a LLaVA or Flamingo."""
+        """(classes wrapped as FSDP units, classes checkpointed) for a LLaVA or Flamingo. A Flamingo's
+        resampler and gated cross-attention blocks are units too, not left whole in the root unit."""
         layers = decoder_layer_classes(vlm)
         wrapped = layers | (vision_block_classes(vlm.vision) if self.wrap_vision else set())
+        if isinstance(vlm, Flamingo):
+            wrapped |= {type(vlm.connector)} | {type(block) for block in vlm.cross_attention}
         return wrapped, (layers if self.checkpoint_layers else set())
+
+    def shard_frozen(self, module: nn.Module) -> nn.Module:
+        """A frozen model kept beside the trained one (DPO's reference) in its own FSDP instance, with
+        the trained model's units: sharded like it, yet outside the trained module, so never in the
+        optimizer or the checkpoint. Call it through its forward, which gathers its root's parameters."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        if isinstance(module, FullyShardedDataParallel):
+            return module
+        kwargs = {**self.kwargs, "auto_wrap_policy": ModuleWrapPolicy(self.wrapped)}
+        return FullyShardedDataParallel(module, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                                        sharding_strategy=self.sharding_strategy, device_id=self.root_device, **kwargs)
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
