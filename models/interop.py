@@ -302,6 +302,9 @@ def chimera_to_openflamingo(model, trainable_only: bool = False) -> dict[str, Te
     """
     if isinstance(getattr(model.connector, "proj", None), nn.Linear):
         raise ValueError("open_flamingo's perceiver has no output projection: resampler out_dim must equal in_dim")
+    if model.language.adapter is not None or model.language.quantization:
+        raise ValueError("open_flamingo has no adapters or 4-bit weights: the language model has an adapter or is "
+                         "quantised; merge it first (LanguageModel.merge_adapter)")
     path = _decoder_layers_path(model)
     wrapped = _wrapped_layers(model)
     lm = model.language.model

@@ -6,6 +6,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from models.flamingo import Flamingo, FlamingoLayer
+from models.interop import chimera_to_openflamingo
 from models.language import LanguageModel, decoder_layer_list
 from models.peft import Bottleneck, BottleneckMLP, LoRA
 from models.resampler import PerceiverResampler
@@ -100,4 +101,6 @@ def test_flamingo_on_a_lora_language_model_builds_trains_and_generates(tok, quan
         first = model(prompt, torch.ones_like(prompt), pixels[:1])[0][0, -1].argmax()
         blank = model(prompt, torch.ones_like(prompt), torch.zeros_like(pixels[:1]))[0]
     assert out[0, 0] == first
+    with pytest.raises(ValueError, match="has an adapter or is quantised"):  # open_flamingo's names hold no LoRA
+        chimera_to_openflamingo(model)
     assert not torch.allclose(blank, model(prompt, torch.ones_like(prompt), pixels[:1])[0])  # the image counts
