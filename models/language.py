@@ -89,7 +89,7 @@ def decoder_layer_list(model: nn.Module, path: str | None = None) -> tuple[str, 
     declared = {name for m in base.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
 
     def holds_one(entry: nn.Module) -> bool:
-        return sum(type(m).__name__ in declared for m in entry.modules()) == 1
+        return any(type(m).__name__ in declared for m in entry.modules())
 
     found = [(name, m) for name, m in base.named_modules()
              if isinstance(m, nn.ModuleList) and len(m) and all(holds_one(entry) for entry in m)]
