@@ -86,18 +86,31 @@ def decoder_layer_list(model: nn.Module, path: str | None = None) -> tuple[str, 
             raise ValueError(f"decoder_layers_path {path!r} is a {type(layers).__name__}, "
                              "not the nn.ModuleList of decoder layers")
         return path, layers
-    declared = {name for m in base.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+    declared = _declared_layer_classes(base)
 
-    def holds_one(entry: nn.Module) -> bool:
+    def holds_declared(entry: nn.Module) -> bool:
         return any(type(m).__name__ in declared for m in entry.modules())
 
     found = [(name, m) for name, m in base.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) and all(holds_one(entry) for entry in m)]
+             if isinstance(m, nn.ModuleList) and len(m) and all(holds_declared(entry) for entry in m)]
     if len(found) != 1:
         what = (f"several lists of {sorted(declared)} ({', '.join(n for n, _ in found)})" if found else
                 f"no list of {sorted(declared)}" if declared else "no decoder-layer classes (`_no_split_modules`)")
         raise ValueError(f"{type(base).__name__} declares {what}: give decoder_layers_path")
     return found[0]
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """Each decoder layer itself, also where `decoder_layer_list` holds it inside a wrapper
+    (Flamingo's): the first module of a declared layer class in each entry, else the entry."""
+    declared = _declared_layer_classes(base_model(model))
+    return [next((m for m in entry.modules() if type(m).__name__ in declared), entry)
+            for entry in decoder_layer_list(model)[1]]
+
+
+def _declared_layer_classes(model: nn.Module) -> set[str]:
+    """Class names the model declares indivisible (`_no_split_modules`)."""
+    return {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
 
 
 # transformers config keys that say where a model came from or how it was loaded, not its shape
@@ -225,7 +238,7 @@ class LanguageModel(nn.Module):
             self.model = adapter.apply(self.model)
             self.mark_adapter_trainable()
         if compile_layers is not None:
-            for layer in decoder_layer_list(self.model)[1]:
+            for layer in decoder_layers(self.model):
                 layer.compile(backend=compile_layers)
 
     def recompute_while_frozen(self) -> None:
