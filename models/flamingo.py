@@ -172,7 +172,7 @@ class Flamingo(nn.Module):
                                                  language.hidden_size)
         self._state = MediaState()
 
-        self.decoder_layers_path, layers = decoder_layer_list(language.model, decoder_layers_path)
+        _, layers = decoder_layer_list(language.model, decoder_layers_path)
         self._decoder_layers = [layers]  # a list, so it is not registered twice
         where = [i for i in range(len(layers)) if (i + 1) % cross_attn_every_n_layers == 0]
         self.cross_attention = nn.ModuleList(
