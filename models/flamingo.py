@@ -1,8 +1,9 @@
 """Flamingo composition: resampled image features reach a causal LM through gated cross-attention.
 
 The `<image>` tokens stay in the text. Gated cross-attention blocks are inserted by replacing
-entries of the decoder-layer `nn.ModuleList` (found at a declared attribute path) with
-`FlamingoLayer` wrappers; the blocks' parameters are owned only by `Flamingo.cross_attention`.
+entries of the decoder-layer `nn.ModuleList` (at a declared attribute path, or the list of the
+layer classes the LM declares; `models.language.decoder_layer_list`, through a LoRA/QLoRA wrapper
+too) with `FlamingoLayer` wrappers; the blocks' parameters are owned only by `Flamingo.cross_attention`.
 
 Media conditioning travels through a `MediaState` shared by Flamingo and the wrappers. It is
 filled only inside `Flamingo.forward` / `generate`, by a forward hook on the LM's input
@@ -13,7 +14,6 @@ passes with its input_ids. Outside those calls the wrapped LM behaves exactly li
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.connectors import Connector
-from models.language import LanguageModel
+from models.language import LanguageModel, decoder_layer_list
 from models.resampler import PerceiverResampler, feed_forward, merge_heads, split_heads
 from models.vision import VisionEncoder, encode_without_frozen_graph
 
@@ -86,15 +85,21 @@ class MediaState:
 class FlamingoLayer(nn.Module):
     """Applies its gated block to the hidden states, then the original decoder layer, args untouched.
 
-    The block and the state are held as plain attributes, not submodules, so the LM's
-    parameters (and freezing `language`) never include the cross-attention.
+    The blocks' list and the state are held as plain attributes, not submodules, so the LM's
+    parameters (and freezing `language`) never include the cross-attention. The block is looked
+    up in `Flamingo.cross_attention` at each call, so whatever replaced it there (an FSDP unit
+    that gathers its sharded parameters) is what runs.
     """
 
-    def __init__(self, decoder_layer: nn.Module, block: GatedCrossAttentionBlock, state: MediaState) -> None:
+    def __init__(self, decoder_layer: nn.Module, blocks: nn.ModuleList, index: int, state: MediaState) -> None:
         super().__init__()
-        self.decoder_layer = decoder_layer
-        object.__setattr__(self, "block", block)
+        self.decoder_layer, self.index = decoder_layer, index
+        object.__setattr__(self, "blocks", blocks)
         object.__setattr__(self, "state", state)
+
+    @property
+    def block(self) -> nn.Module:
+        return self.blocks[self.index]
 
     def __getattr__(self, name: str):
         """Some HF models read attributes such as `attention_type` off their decoder layers."""
@@ -137,15 +142,18 @@ class SpecialTokenDeltas(nn.Module):
 
 
 class Flamingo(nn.Module):
-    """`resampler` is a factory called with (vision dim, vision dim): the resampled tokens stay in vision width."""
+    """`resampler` is a factory called with (vision dim, vision dim): the resampled tokens stay in vision width.
+    Each image is resampled with its place among its row's images, for the resampler's time embeddings.
+    `decoder_layers_path` (relative to the transformers model, e.g. "transformer.blocks"): where the
+    decoder layers are; None finds them (`decoder_layer_list`)."""
 
     def __init__(
         self,
         vision: VisionEncoder,
         language: LanguageModel,
-        resampler: Callable[[int, int], Connector] = PerceiverResampler,
+        resampler: Callable[[int, int], PerceiverResampler] = PerceiverResampler,
         cross_attn_every_n_layers: int = 1,
-        decoder_layers_path: str = "model.layers",
+        decoder_layers_path: str | None = None,
         only_attend_immediate_media: bool = True,
         xattn_heads: int = 8,
         xattn_dim_head: int = 64,
@@ -164,22 +172,20 @@ class Flamingo(nn.Module):
                                                  language.hidden_size)
         self._state = MediaState()
 
-        try:
-            layers = functools.reduce(getattr, decoder_layers_path.split("."), language.model)
-        except AttributeError as err:
-            raise ValueError(f"decoder_layers_path {decoder_layers_path!r} not found on "
-                             f"{type(language.model).__name__}: {err}") from err
-        if not isinstance(layers, nn.ModuleList):
-            raise ValueError(f"decoder_layers_path {decoder_layers_path!r} is a {type(layers).__name__}, "
-                             "not the nn.ModuleList of decoder layers")
+        _, layers = decoder_layer_list(language.model, decoder_layers_path)
         self._decoder_layers = [layers]  # a list, so it is not registered twice
         where = [i for i in range(len(layers)) if (i + 1) % cross_attn_every_n_layers == 0]
         self.cross_attention = nn.ModuleList(
             GatedCrossAttentionBlock(language.hidden_size, vision.dim, xattn_heads, xattn_dim_head, xattn_ff_mult)
             for _ in where
         )
-        for i, block in zip(where, self.cross_attention):
-            layers[i] = FlamingoLayer(layers[i], block, self._state)
+        for k, i in enumerate(where):
+            layers[i] = FlamingoLayer(layers[i], self.cross_attention, k, self._state)
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The LM's decoder-layer list, some entries our `FlamingoLayer` wrappers."""
+        return self._decoder_layers[0]
 
     @property
     def tokenizer(self):
@@ -202,9 +208,10 @@ class Flamingo(nn.Module):
                 layers[i] = layer.decoder_layer
         return self.language
 
-    def encode_images(self, pixel_values: Tensor) -> Tensor:
-        """(I, 3, H, W) -> (I, M, Dv); no graph through a frozen tower."""
-        return self.connector(encode_without_frozen_graph(self.vision, pixel_values))
+    def encode_images(self, pixel_values: Tensor, media_index: Tensor | None = None) -> Tensor:
+        """(I, 3, H, W) -> (I, M, Dv); `media_index` (I,): each image's place among its row's images
+        (None: each the first). No graph through a frozen tower."""
+        return self.connector(encode_without_frozen_graph(self.vision, pixel_values), media_index=media_index)
 
     def media_per_row(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, Tensor]:
         """Images (in `<image>` order, row 0 first) -> zero-padded (B, T, M, Dv) and per-row counts (B,)."""
@@ -213,15 +220,15 @@ class Flamingo(nn.Module):
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
         if int(counts.sum()) != n_images:
             raise ValueError(f"batch has {int(counts.sum())} <image> tokens but {n_images} images")
+        rows = is_img.nonzero()[:, 0]
+        slots = (is_img.cumsum(1) - 1)[is_img]
         if n_images:
-            feats = self.encode_images(pixel_values)
+            feats = self.encode_images(pixel_values, slots)
         else:
             dtype = next(self.connector.parameters()).dtype
             feats = torch.zeros(0, self.num_image_tokens, self.vision.dim, device=input_ids.device, dtype=dtype)
         T = int(counts.max()) if input_ids.shape[0] else 0
         media = feats.new_zeros(input_ids.shape[0], T, *feats.shape[1:])
-        rows = is_img.nonzero()[:, 0]
-        slots = (is_img.cumsum(1) - 1)[is_img]
         return media.index_put((rows, slots), feats), counts
 
     @contextlib.contextmanager

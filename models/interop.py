@@ -278,7 +278,7 @@ _OF_ATTN = ("norm.", "to_q.", "to_kv.", "to_out.")
 
 def _decoder_layers_path(model) -> str:
     """Where Flamingo found the decoder layers, relative to `language.model` (found by identity)."""
-    target = model._decoder_layers[0]
+    target = model.decoder_layers
     for name, mod in model.language.model.named_modules():
         if mod is target:
             return name
@@ -288,7 +288,7 @@ def _decoder_layers_path(model) -> str:
 def _wrapped_layers(model) -> list[int]:
     from models.flamingo import FlamingoLayer
 
-    return [i for i, layer in enumerate(model._decoder_layers[0]) if isinstance(layer, FlamingoLayer)]
+    return [i for i, layer in enumerate(model.decoder_layers) if isinstance(layer, FlamingoLayer)]
 
 
 def chimera_to_openflamingo(model, trainable_only: bool = False) -> dict[str, Tensor]:
@@ -302,6 +302,9 @@ def chimera_to_openflamingo(model, trainable_only: bool = False) -> dict[str, Te
     """
     if isinstance(getattr(model.connector, "proj", None), nn.Linear):
         raise ValueError("open_flamingo's perceiver has no output projection: resampler out_dim must equal in_dim")
+    if model.language.adapter is not None or model.language.quantization:
+        raise ValueError("open_flamingo has no adapters or 4-bit weights: the language model has an adapter or is "
+                         "quantised; merge it first (LanguageModel.merge_adapter)")
     path = _decoder_layers_path(model)
     wrapped = _wrapped_layers(model)
     lm = model.language.model

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import operator
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -59,14 +61,56 @@ def _load_dense_weights(model: nn.Module, ckpt_path: str) -> None:
         raise ValueError(f"weights_from {path}: the weights do not fit this language model: {err}") from err
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (LoRA, QLoRA, LLaMA-Adapter), else `model` itself."""
+    peft = sys.modules.get("peft")  # never imported: no peft model can exist
+    return model.get_base_model() if peft is not None and isinstance(model, peft.PeftModel) else model
+
+
+def decoder_layer_list(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """(path, list) of a causal LM's decoder layers: the one finder Flamingo, the bottleneck adapters,
+    layer compilation and FSDP use. Looked for on the transformers model, through a peft wrapper.
+
+    `path` (e.g. "transformer.blocks") declares where the list is. Without it, it is the
+    `nn.ModuleList` whose entries are (or each wrap one of) the classes the model declares
+    indivisible (`_no_split_modules`, what transformers itself uses for device maps); so a list
+    whose layers Flamingo wrapped is still found. Never from a model or parameter name.
+    """
+    base = base_model(model)
+    if path is not None:
+        try:
+            layers = operator.attrgetter(path)(base)
+        except AttributeError as err:
+            raise ValueError(f"decoder_layers_path {path!r} not found on {type(base).__name__}: {err}") from err
+        if not isinstance(layers, nn.ModuleList):
+            raise ValueError(f"decoder_layers_path {path!r} is a {type(layers).__name__}, "
+                             "not the nn.ModuleList of decoder layers")
+        return path, layers
+    declared = _declared_layer_classes(base)
+
+    def holds_declared(entry: nn.Module) -> bool:
+        return any(type(m).__name__ in declared for m in entry.modules())
+
+    found = [(name, m) for name, m in base.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) and all(holds_declared(entry) for entry in m)]
+    if len(found) != 1:
+        what = (f"several lists of {sorted(declared)} ({', '.join(n for n, _ in found)})" if found else
+                f"no list of {sorted(declared)}" if declared else "no decoder-layer classes (`_no_split_modules`)")
+        raise ValueError(f"{type(base).__name__} declares {what}: give decoder_layers_path")
+    return found[0]
+
+
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated decoder blocks, found by the classes the model declares unsplittable
-    (`_no_split_modules`, what transformers itself uses for device maps)."""
-    names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} declares no decoder-layer classes (`_no_split_modules`)")
-    return layers
+    """Each decoder layer itself, also where `decoder_layer_list` holds it inside a wrapper
+    (Flamingo's): the first module of a declared layer class in each entry, else the entry."""
+    declared = _declared_layer_classes(base_model(model))
+    return [next((m for m in entry.modules() if type(m).__name__ in declared), entry)
+            for entry in decoder_layer_list(model)[1]]
+
+
+def _declared_layer_classes(model: nn.Module) -> set[str]:
+    """Class names the model declares indivisible (`_no_split_modules`)."""
+    return {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
 
 
 # transformers config keys that say where a model came from or how it was loaded, not its shape

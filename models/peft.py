@@ -8,7 +8,6 @@ and jsonargparse validates it; `apply(model)` returns the adapted model and
 from __future__ import annotations
 
 import logging
-import operator
 import sys
 from dataclasses import dataclass
 from typing import Literal
@@ -142,20 +141,23 @@ class Adapted(nn.Module):
 
 @dataclass
 class Bottleneck:
-    """Houlsby adapters after the attention and the MLP of every decoder layer, found at
-    `layers_path`; width is `bottleneck_dim` or hidden // `reduction`."""
+    """Houlsby adapters after the attention and the MLP of every decoder layer (at `layers_path`, or
+    found as Flamingo finds them: `models.language.decoder_layer_list`); width is `bottleneck_dim`
+    or hidden // `reduction`."""
 
     reduction: int = 4
     bottleneck_dim: int | None = None
     activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
-    layers_path: str = "model.layers"
+    layers_path: str | None = None
     sublayers: tuple[str, ...] = ("self_attn", "mlp")
 
     def apply(self, model: PreTrainedModel) -> PreTrainedModel:
         dim = model.get_input_embeddings().embedding_dim
         hidden = self.bottleneck_dim or max(1, dim // self.reduction)
         ref = model.get_input_embeddings().weight
-        for layer in operator.attrgetter(self.layers_path)(model):
+        from models.language import decoder_layer_list  # language imports this module
+
+        for layer in decoder_layer_list(model, self.layers_path)[1]:
             for name in self.sublayers:
                 adapter = BottleneckMLP(dim, hidden, self.activation).to(ref.device, ref.dtype)
                 setattr(layer, name, Adapted(getattr(layer, name), adapter))

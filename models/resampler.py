@@ -52,7 +52,10 @@ class PerceiverResampler(Connector):
     """(B, N, Dv) -> (B, num_latents, out_dim), or (B, T, F, N, Dv) media/frames -> (B, T, num_latents, out_dim).
 
     `max_num_media` / `max_num_frames` enable learned time embeddings over the T and F axes
-    (off by default, as in open_flamingo).
+    (off by default, as in open_flamingo), shaped as open_flamingo's (`media_time_embs`
+    (T, 1, D), `frame_embs` (F, D)) so its checkpoints load. Images resampled one by one as
+    (I, N, Dv) say where each sits among its row's media with `media_index` (I,); without it
+    all count as the first, and the other time embeddings would never be used or trained.
     """
 
     def __init__(self, in_dim: int, out_dim: int, num_latents: int = 64, depth: int = 6, heads: int = 8,
@@ -64,37 +67,50 @@ class PerceiverResampler(Connector):
         self.in_dim, self.out_dim, self.num_latents = in_dim, out_dim, num_latents
         self.latents = nn.Parameter(torch.randn(num_latents, in_dim))
         self.media_time_embs = nn.Parameter(torch.randn(max_num_media, 1, in_dim)) if max_num_media else None
-        self.frame_embs = nn.Parameter(torch.randn(max_num_frames, 1, in_dim)) if max_num_frames else None
+        self.frame_embs = nn.Parameter(torch.randn(max_num_frames, in_dim)) if max_num_frames else None
         self.layers = nn.ModuleList(
             nn.ModuleList([PerceiverAttention(in_dim, heads, dim_head), feed_forward(in_dim, ff_mult)])
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(in_dim)
         self.proj = nn.Linear(in_dim, out_dim) if out_dim != in_dim else nn.Identity()
+        self.register_load_state_dict_pre_hook(_frame_embs_from_3d)
 
     def num_tokens(self, num_patches: int) -> int:
         return self.num_latents
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, media_index: Tensor | None = None) -> Tensor:
+        """`media_index`: (B,) for (B, N, D) input, (B, T) for 5-D input (default: 0..T-1 in every row)."""
         if x.ndim == 3:
-            return self._resample(x[:, None, None])[:, 0]
+            return self._resample(x[:, None, None], None if media_index is None else media_index[:, None])[:, 0]
         if x.ndim == 5:
-            return self._resample(x)
+            return self._resample(x, media_index)
         raise ValueError(f"PerceiverResampler expects (B, N, D) or (B, T, F, N, D) input, got {tuple(x.shape)}")
 
-    def _resample(self, x: Tensor) -> Tensor:
+    def _resample(self, x: Tensor, media_index: Tensor | None) -> Tensor:
         B, T, Fr, N, D = x.shape
         if self.frame_embs is not None:
             if Fr > self.frame_embs.shape[0]:
                 raise ValueError(f"{Fr} frames but max_num_frames={self.frame_embs.shape[0]}")
-            x = x + self.frame_embs[:Fr]
+            x = x + self.frame_embs[:Fr, None]
         x = x.reshape(B, T, Fr * N, D)
         if self.media_time_embs is not None:
-            if T > self.media_time_embs.shape[0]:
-                raise ValueError(f"{T} media but max_num_media={self.media_time_embs.shape[0]}")
-            x = x + self.media_time_embs[:T]
+            if media_index is None:
+                media_index = torch.arange(T, device=x.device).expand(B, T)
+            if media_index.numel() and int(media_index.max()) >= self.media_time_embs.shape[0]:
+                raise ValueError(f"media number {int(media_index.max()) + 1} of a row but "
+                                 f"max_num_media={self.media_time_embs.shape[0]}")
+            x = x + self.media_time_embs[media_index]
         latents = self.latents.expand(B, T, -1, -1)
         for attn, ff in self.layers:
             latents = latents + attn(x, latents)
             latents = latents + ff(latents)
         return self.proj(self.norm(latents))
+
+
+def _frame_embs_from_3d(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints saved before frame_embs took open_flamingo's (F, D) shape held (F, 1, D)."""
+    key = prefix + "frame_embs"
+    old = state_dict.get(key)
+    if old is not None and old.ndim == 3 and old.shape[1] == 1:
+        state_dict[key] = old[:, 0]

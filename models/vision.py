@@ -259,6 +259,10 @@ class OpenCLIPVision(VisionEncoder):
             saves it. None: random init.
         select_layer: index into the visual transformer's blocks
             (``visual.transformer.resblocks``); patch tokens only, CLS dropped.
+        final_norm: apply the tower's final LayerNorm (``ln_post``) to the tokens.
+            With ``select_layer=-1`` these are open_clip's ``output_tokens``, what
+            OpenFlamingo feeds its resampler, so released resampler weights see the
+            inputs they were trained on (the raw last block differs by O(1)).
         add_coords: append each patch's (x, y) grid coordinate in [-1, 1] as two
             extra channels, as ``TimmVision`` does: a connector that attends over
             patches without their order (Flamingo's) can then still say where one is.
@@ -277,6 +281,7 @@ class OpenCLIPVision(VisionEncoder):
         model_config: dict | None = None,
         pretrained: str | None = None,
         select_layer: int = -2,
+        final_norm: bool = False,
         add_coords: bool = False,
         coords_scale: float = 1.0,
         image_mean: list[float] | None = None,
@@ -313,7 +318,11 @@ class OpenCLIPVision(VisionEncoder):
         # Only the visual tower is kept; the text tower would be dead weight.
         self.model = clip.visual
         del clip
-        self.select_layer = select_layer
+        if final_norm and (self.model.attn_pool is not None or self.model.final_ln_after_pool):
+            # these towers normalise after pooling, so their output tokens are not ln_post(tokens)
+            raise ValueError(f"OpenCLIPVision final_norm: {name!r} pools before its final LayerNorm; "
+                             "its output tokens are not ln_post of the patch tokens")
+        self.select_layer, self.final_norm = select_layer, final_norm
         self._set_coords(add_coords, coords_scale)
 
         cfg = open_clip.get_model_preprocess_cfg(self.model)
@@ -334,6 +343,7 @@ class OpenCLIPVision(VisionEncoder):
             pixels,
             indices=[self.select_layer],
             stop_early=True,
+            normalize_intermediates=self.final_norm,
             intermediates_only=True,
             output_fmt="NCHW",
         )

@@ -99,3 +99,27 @@ def test_dpo_stage_lowers_loss_and_grows_margin(shapes, tmp_path):
     assert loss[0] == pytest.approx(math.log(2), abs=1e-4)  # policy starts equal to the reference
     assert np.mean(loss[-10:]) < 0.75 * math.log(2)
     assert margin[0] == pytest.approx(0.0, abs=1e-4) and np.mean(margin[-10:]) > 1.0
+
+
+def test_reference_is_a_frozen_eval_copy_outside_the_trained_module(shapes):
+    from tests.tiny import module_config
+    from train.checkpoint import build_module
+    from train.dpo_module import Reference
+
+    cfg = module_config(shapes, stage="finetune")
+    cfg["class_path"] = "train.dpo_module.DPOModule"
+    module = build_module(cfg).train()
+    ref = module.reference
+    assert isinstance(ref, Reference) and not any(m.training for m in ref.modules())
+    assert not any(p.requires_grad for p in ref.parameters())
+    ref_params = {id(p) for p in ref.parameters()}
+    assert ref_params and not ref_params & {id(p) for p in module.parameters()}  # so in no optimizer group
+    assert not any("reference" in k for k in module.state_dict())
+    policy = dict(module.model.named_parameters())
+    assert all(torch.equal(p, policy[n]) and p.data_ptr() != policy[n].data_ptr()
+               for n, p in ref.model.named_parameters())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    pixels = torch.randn(0, 3, module.model.vision.image_size, module.model.vision.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(ids, torch.ones_like(ids), pixels, ids), module.model.sequence_logprobs(
+            ids, torch.ones_like(ids), pixels, ids))

@@ -132,6 +132,28 @@ def test_results_do_not_depend_on_batch_composition(built):
         torch.testing.assert_close(together[i, :len(r)], alone[0], rtol=0, atol=1e-5)
 
 
+def test_resampler_time_embeddings_follow_each_rows_images(world):
+    """Image k of a row is resampled with media_time_embs[k], as open_flamingo resamples a row's images
+    together, so every used time embedding trains (not only the first)."""
+    model = build(world, resampler=lambda i, o: PerceiverResampler(i, o, num_latents=4, depth=1, heads=2, dim_head=8,
+                                                                   max_num_media=3))
+    img = model.image_token_id
+    a, b, c = text_ids(model, 3)
+    ids = torch.tensor([[img, a, img, b, img, c], [a, img, b, c, c, c]])
+    pixels = images(4)
+    with torch.no_grad():
+        media, counts = model.media_per_row(ids, pixels)
+        feats = model.vision(pixels)
+        for row, slot, image in [(0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 3)]:
+            expected = model.connector(feats[image:image + 1], media_index=torch.tensor([slot]))[0]
+            torch.testing.assert_close(media[row, slot], expected, rtol=0, atol=1e-6)
+        assert not torch.allclose(media[0, 1], model.connector(feats[1:2])[0], atol=1e-3)
+    assert counts.tolist() == [3, 1] and not media[1, 1:].any()
+    _, loss = model(ids, torch.ones_like(ids), pixels, labels=ids)
+    loss.backward()
+    assert (model.connector.media_time_embs.grad.flatten(1).abs().sum(1) > 0).all()
+
+
 def test_image_count_mismatch_and_bad_layer_path_are_clear_errors(world, built):
     model = fresh(built)
     ids = sequence(model)

@@ -126,11 +126,12 @@ def test_hf_llava_export_refuses_other_towers(tok, tmp_path):
 
 # --- OpenFlamingo ---------------------------------------------------------------------------
 
-def tiny_flamingo(tok: str, seed: int) -> Flamingo:
+def tiny_flamingo(tok: str, seed: int, **resampler_kw) -> Flamingo:
     torch.manual_seed(seed)
     lm = LanguageModel(config={**LM_CONFIG, "num_hidden_layers": 4}, tokenizer=tok)
     model = Flamingo(HFVision(config=dict(CLIP), select_layer=-1), lm,
-                     resampler=lambda i, o: PerceiverResampler(i, o, num_latents=4, depth=2, heads=2, dim_head=8),
+                     resampler=lambda i, o: PerceiverResampler(i, o, num_latents=4, depth=2, heads=2, dim_head=8,
+                                                               **resampler_kw),
                      cross_attn_every_n_layers=2, xattn_heads=2, xattn_dim_head=8, xattn_ff_mult=2).eval()
     with torch.no_grad():  # everything non-trivial: open gates, non-zero special-token deltas
         for block in model.cross_attention:
@@ -196,6 +197,22 @@ def test_openflamingo_trainable_only_checkpoint(tok):
     missing = load_openflamingo_checkpoint(target, state)
     assert missing and not any(k.startswith(("connector.", "cross_attention.")) for k in missing)
     ids, mask, pixels = flamingo_batch(source)
+    with torch.no_grad():
+        torch.testing.assert_close(target(ids, mask, pixels)[0], source(ids, mask, pixels)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_openflamingo_time_embeddings_have_its_shapes_and_load(tok):
+    """open_flamingo's perceiver holds frame_embs (F, D) and media_time_embs (T, 1, D)."""
+    source = tiny_flamingo(tok, 0, max_num_media=2, max_num_frames=3)
+    state = chimera_to_openflamingo(source)
+    dim = source.vision.dim
+    assert state["perceiver.frame_embs"].shape == (3, dim)
+    assert state["perceiver.media_time_embs"].shape == (2, 1, dim)
+    target = tiny_flamingo(tok, 1, max_num_media=2, max_num_frames=3)
+    assert load_openflamingo_checkpoint(target, state) == []
+    for name in ("frame_embs", "media_time_embs"):
+        assert torch.equal(getattr(target.connector, name), getattr(source.connector, name))
+    ids, mask, pixels = flamingo_batch(source)  # a row with two images: the second uses media_time_embs[1]
     with torch.no_grad():
         torch.testing.assert_close(target(ids, mask, pixels)[0], source(ids, mask, pixels)[0], atol=1e-5, rtol=1e-5)
 

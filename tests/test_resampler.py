@@ -55,6 +55,61 @@ def test_gradient_reaches_inputs_and_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def openflamingo_perceiver_shapes(dim, depth, heads, dim_head, num_latents, ff_mult, max_num_media, max_num_frames):
+    """Parameter names and shapes of open_flamingo's `PerceiverResampler` (open_flamingo/src/helpers.py)."""
+    inner = heads * dim_head
+    out = {"latents": (num_latents, dim), "frame_embs": (max_num_frames, dim),
+           "media_time_embs": (max_num_media, 1, dim), "norm.weight": (dim,), "norm.bias": (dim,)}
+    for i in range(depth):
+        out.update({f"layers.{i}.0.norm_media.weight": (dim,), f"layers.{i}.0.norm_media.bias": (dim,),
+                    f"layers.{i}.0.norm_latents.weight": (dim,), f"layers.{i}.0.norm_latents.bias": (dim,),
+                    f"layers.{i}.0.to_q.weight": (inner, dim), f"layers.{i}.0.to_kv.weight": (2 * inner, dim),
+                    f"layers.{i}.0.to_out.weight": (dim, inner), f"layers.{i}.1.0.weight": (dim,),
+                    f"layers.{i}.1.0.bias": (dim,), f"layers.{i}.1.1.weight": (dim * ff_mult, dim),
+                    f"layers.{i}.1.3.weight": (dim, dim * ff_mult)})
+    return out
+
+
+def test_state_dict_has_open_flamingos_names_and_shapes():
+    r = small(max_num_media=3, max_num_frames=2)
+    theirs = openflamingo_perceiver_shapes(16, depth=2, heads=2, dim_head=8, num_latents=4, ff_mult=4,
+                                           max_num_media=3, max_num_frames=2)
+    assert {k: tuple(v.shape) for k, v in r.state_dict().items()} == theirs
+    state = {k: torch.randn(shape) for k, shape in theirs.items()}
+    r.load_state_dict(state, strict=True)
+    assert all(torch.equal(r.state_dict()[k], v) for k, v in state.items())
+
+
+def test_checkpoints_with_the_old_3d_frame_embeddings_still_load():
+    r = small(max_num_media=2, max_num_frames=3)
+    old = {**r.state_dict(), "frame_embs": torch.randn(3, 1, 16)}
+    small(max_num_media=2, max_num_frames=3).load_state_dict(old)  # a fresh one, strict
+    r.load_state_dict(old)
+    assert torch.equal(r.frame_embs, old["frame_embs"][:, 0])
+    x = torch.randn(1, 1, 2, 5, 16)
+    with torch.no_grad():  # frame f gets frame_embs[f] on every patch, as open_flamingo's repeat does
+        plain = small(max_num_media=2)
+        plain.load_state_dict({k: v for k, v in r.state_dict().items() if k != "frame_embs"})
+        torch.testing.assert_close(r(x), plain(x + r.frame_embs[:2, None]), rtol=0, atol=1e-6)
+
+
+def test_media_index_gives_each_image_its_time_embedding():
+    """Images resampled one by one with their place in the row equal the (B, T, ...) layout, and
+    every time embedding gets a gradient (not only the first)."""
+    r = small(max_num_media=3).eval()
+    x = torch.randn(2, 3, 1, 5, 16)
+    together = r(x)
+    flat = x[:, :, 0].flatten(0, 1)  # (6, N, D): row 0's three images, then row 1's
+    index = torch.arange(3).repeat(2)
+    torch.testing.assert_close(r(flat, media_index=index).unflatten(0, (2, 3)), together, rtol=0, atol=1e-6)
+    torch.testing.assert_close(r(flat)[:2], r(flat[:2], media_index=torch.zeros(2, dtype=torch.long)))
+    assert not torch.allclose(r(flat, media_index=index), r(flat), atol=1e-3)
+    r(flat, media_index=index).square().sum().backward()
+    assert (r.media_time_embs.grad.flatten(1).abs().sum(1) > 0).all()
+    with pytest.raises(ValueError, match="media number 4 of a row but max_num_media=3"):
+        r(flat[:1], media_index=torch.tensor([3]))
+
+
 def test_llava_with_resampler_connector(tmp_path_factory):
     world = tiny_world(tmp_path_factory.mktemp("world"))
     model = LLaVA(TimmVision(**VISION["init_args"]),

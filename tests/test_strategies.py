@@ -57,7 +57,7 @@ def test_llava_units_are_decoder_layers_and_vision_blocks(world):
     assert names(FSDP().plan(vlm)[0]) == ["CLIPEncoderLayer", "LlamaDecoderLayer"]  # not CLIP's embeddings
     assert names(FSDP().plan(vlm)[1]) == ["LlamaDecoderLayer"]
     bare = FSDP(wrap_vision=False, activation_checkpointing=False)
-    assert bare.plan(vlm) == (decoder_layer_classes(vlm.language), set())
+    assert bare.plan(vlm) == (decoder_layer_classes(vlm), set())
     # the tests' CNN tower (one block per stage) has no repeated block: it stays in the root unit
     assert vision_block_classes(build_module(module_config(world)).model.vision) == set()
 
@@ -68,23 +68,28 @@ def test_flamingo_units_look_through_the_cross_attention_wrappers(world):
     layers = vlm.language.model.model.layers
     assert sorted(type(m).__name__ for m in layers) == ["FlamingoLayer", "LlamaDecoderLayer", "LlamaDecoderLayer"]
     wrapped, checkpointed = FSDP().plan(vlm)
-    assert names(wrapped) == ["LlamaDecoderLayer", "ResidualAttentionBlock"]
+    # the resampler and the cross-attention blocks are units of their own, not parts of the root unit
+    assert names(wrapped) == ["GatedCrossAttentionBlock", "LlamaDecoderLayer", "PerceiverResampler",
+                              "ResidualAttentionBlock"]
     assert names(checkpointed) == ["LlamaDecoderLayer"]
 
 
-@pytest.mark.parametrize("config, lm_layer, vision_block", [
-    ("llava-1.5-7b/finetune.yaml", "LlamaDecoderLayer", "CLIPEncoderLayer"),
-    ("openflamingo-3b.yaml", "MptBlock", "ResidualAttentionBlock"),
-    ("openflamingo-4b.yaml", "GPTNeoXLayer", "ResidualAttentionBlock"),
+FLAMINGO_BRIDGE = ("GatedCrossAttentionBlock", "PerceiverResampler")
+
+
+@pytest.mark.parametrize("config, lm_layer, vision_block, bridge", [
+    ("llava-1.5-7b/finetune.yaml", "LlamaDecoderLayer", "CLIPEncoderLayer", ()),
+    ("openflamingo-3b.yaml", "MptBlock", "ResidualAttentionBlock", FLAMINGO_BRIDGE),
+    ("openflamingo-4b.yaml", "GPTNeoXLayer", "ResidualAttentionBlock", FLAMINGO_BRIDGE),
 ])
-def test_full_scale_models_on_meta(tmp_path, config, lm_layer, vision_block):
+def test_full_scale_models_on_meta(tmp_path, config, lm_layer, vision_block, bridge):
     from data.tokenizer import train_tokenizer
     from models.interop import build_on_meta
 
     train_tokenizer(["a small corpus"], tmp_path, vocab_size=300)
     module = build_on_meta(yaml.safe_load((ROOT / "configs/experiments" / config).read_text())["model"], str(tmp_path))
     wrapped, checkpointed = FSDP().plan(module.model)
-    assert names(wrapped) == sorted([lm_layer, vision_block]) and names(checkpointed) == [lm_layer]
+    assert names(wrapped) == sorted([lm_layer, vision_block, *bridge]) and names(checkpointed) == [lm_layer]
 
 
 def test_llava_finetune_config_asks_for_bf16_compute_fp32_reduce():
@@ -162,8 +167,10 @@ def test_two_process_fsdp_on_cpu(tmp_path):
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rec in records:
         assert rec["strategy"] == "FSDP" and rec["world_size"] == 2
-        # one unit per decoder layer (2) and per CLIP encoder layer (2), the decoder layers checkpointed
-        assert rec["units"] == ["CLIPEncoderLayer"] * 2 + ["LlamaDecoderLayer"] * 2
+        # one unit per decoder layer (2), per CLIP encoder layer (2), per cross-attention block (2) and
+        # the resampler; the decoder layers checkpointed
+        assert rec["units"] == (["CLIPEncoderLayer"] * 2 + ["GatedCrossAttentionBlock"] * 2
+                                + ["LlamaDecoderLayer"] * 2 + ["PerceiverResampler"])
         assert rec["checkpointed"] == ["LlamaDecoderLayer"] * 2
         assert rec["hf_checkpointing"] is False  # the strategy's checkpointing replaced the LM's own
         assert len(rec["losses"]) == steps and all(math.isfinite(x) for x in rec["losses"])
@@ -229,3 +236,75 @@ def test_two_process_fsdp_llava_validates_with_synced_generation(tmp_path):
         assert torch.equal(loaded[key], value), key
     connector = checkpoint_weights(last, "model.connector.", "init_from")
     assert connector and all(torch.equal(v, trained[f"model.connector.{k}"]) for k, v in connector.items())
+
+
+class RecordDPOReference(L.Callback):
+    """Per rank: how the DPO reference is held under FSDP; rank 0 also its full weights and a checkpoint."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        ref = pl_module.reference
+        units = [type(m.module).__name__ for m in ref.modules() if isinstance(m, FullyShardedDataParallel) and m is not ref]
+        plain = lambda n: n.replace("_fsdp_wrapped_module.", "")  # noqa: E731
+        local = sum(p.numel() for p in ref.parameters())
+        with FullyShardedDataParallel.summon_full_params(ref, writeback=False):
+            weights = {plain(n): p.detach().clone() for n, p in ref.named_parameters()}
+        trainer.save_checkpoint(self.out_dir / "dpo.ckpt")  # every rank: FSDP gathers the full state dict
+        rank = trainer.global_rank
+        if rank == 0:
+            torch.save(weights, self.out_dir / "reference.pt")
+        (self.out_dir / f"dpo_rank{rank}.json").write_text(json.dumps({
+            "sharded": isinstance(ref, FullyShardedDataParallel), "units": sorted(units), "local_params": local,
+            "full_params": sum(w.numel() for w in weights.values()),
+            "training": any(m.training for m in ref.modules()),
+            "trainable": any(p.requires_grad for p in ref.parameters()),
+            "optimized": sum(p.numel() for g in trainer.optimizers[0].param_groups for p in g["params"]
+                             if any(p is q for q in ref.parameters())),
+        }))
+
+
+def test_two_process_fsdp_dpo_shards_the_frozen_reference(tmp_path):
+    """DPO under FSDP on 2 gloo ranks: the reference is sharded with the policy's units (not a full copy
+    per rank), stays frozen and in eval mode, is in no optimizer group and not in the checkpoint."""
+    from data.shapes import write_shapes
+
+    shapes = tmp_path / "shapes"
+    write_shapes(shapes, train_images=8, val_images=2, seed=0, max_objects=2)
+    cfg = experiment_config(shapes, tmp_path / "runs", max_steps=2)
+    cfg["model"] = module_config(shapes, stage="finetune")
+    cfg["model"]["class_path"] = "train.dpo_module.DPOModule"
+    cfg["model"]["init_args"]["model"]["init_args"]["vision"] = HF_CLIP
+    cfg["trainer"].update({
+        "devices": 2, "limit_val_batches": 0, "enable_checkpointing": False, "val_check_interval": None,
+        "strategy": {"class_path": "train.strategies.FSDP", "init_args": {"activation_checkpointing": False}},
+        "callbacks": [{"class_path": "tests.test_strategies.RecordDPOReference",
+                       "init_args": {"out_dir": str(tmp_path)}}]})
+    cfg["data"] = {"class_path": "train.data_module.PreferenceDataModule",
+                   "init_args": {"train_json": str(shapes / "preference_train.jsonl"), "batch_size": 2,
+                                 "num_workers": 0}}
+    launch_fit(cfg, tmp_path / "dpo.yaml")
+
+    records = [json.loads((tmp_path / f"dpo_rank{r}.json").read_text()) for r in range(2)]
+    total = records[0]["full_params"]
+    for rec in records:
+        assert rec["sharded"] and rec["units"] == ["CLIPEncoderLayer"] * 2 + ["LlamaDecoderLayer"] * 2
+        assert not rec["training"] and not rec["trainable"] and rec["optimized"] == 0
+        assert rec["local_params"] < 0.75 * total
+    assert sum(r["local_params"] for r in records) == total  # each rank holds its shard only
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "tiny" / "version_0" / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 2 and losses[0] == pytest.approx(math.log(2), abs=1e-5)  # sharded reference == policy
+    ckpt = torch.load(tmp_path / "dpo.ckpt", weights_only=True)
+    L.seed_everything(0)
+    initial = build_module(cfg["model"])
+    assert set(ckpt["state_dict"]) == set(initial.state_dict())  # the policy's keys, no reference
+    reference = torch.load(tmp_path / "reference.pt")
+    policy_start = {f"model.{k}": v for k, v in initial.model.named_parameters()}
+    assert reference.keys() == policy_start.keys()
+    assert all(torch.equal(reference[k], policy_start[k]) for k in reference)  # the starting policy, untrained
+    trained = ckpt["state_dict"]
+    assert any(not torch.equal(trained[k], policy_start[k]) for k in policy_start if k.startswith("model.language"))

@@ -136,6 +136,32 @@ def test_openclip_checkpoint_roundtrip(tmp_path):
         torch.testing.assert_close(enc(x), _openclip_manual(clip.visual, x, 2), rtol=0, atol=0)
 
 
+def test_openclip_final_norm_gives_open_clips_output_tokens(tmp_path):
+    """OpenFlamingo's resampler reads open_clip's `output_tokens` (after ln_post), not the last block's raw tokens."""
+    import open_clip
+
+    torch.manual_seed(0)
+    clip = open_clip.CLIP(**OPEN_CLIP_CFG).eval()
+    with torch.no_grad():  # a trained ln_post, not the identity it is at init
+        clip.visual.ln_post.weight.normal_(1.0, 0.5)
+        clip.visual.ln_post.bias.normal_()
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    clip.visual.output_tokens = True
+    normed, raw = (OpenCLIPVision(model_config=OPEN_CLIP_CFG, pretrained=str(tmp_path / "clip.pt"), select_layer=-1,
+                                  final_norm=norm).eval() for norm in (True, False))
+    x = _x(normed, 3)
+    with torch.no_grad():
+        _, tokens = clip.visual(x)
+        out, unnormed = normed(x), raw(x)
+    assert out.shape == tokens.shape == (3, 16, 32)
+    torch.testing.assert_close(out, tokens, rtol=0, atol=1e-6)
+    torch.testing.assert_close(unnormed, _openclip_manual(clip.visual, x, 3), rtol=0, atol=1e-6)
+    assert (unnormed - tokens).abs().max() > 0.5
+    pooled_first = {**OPEN_CLIP_CFG, "vision_cfg": {**OPEN_CLIP_CFG["vision_cfg"], "final_ln_after_pool": True}}
+    with pytest.raises(ValueError, match="pools before its final LayerNorm"):
+        OpenCLIPVision(model_config=pooled_first, select_layer=-1, final_norm=True)
+
+
 def test_openclip_missing_checkpoint(tmp_path):
     missing = str(tmp_path / "nope.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):

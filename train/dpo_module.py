@@ -2,7 +2,9 @@
 
 Sigmoid loss -log sigma(beta * ((log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log ref(y_l)))),
 log-probabilities summed over response tokens only. The reference is a frozen copy of the
-starting policy; validation is the parent's generation-based VQA scoring.
+starting policy, kept outside the trained module (not in the optimizer, not in checkpoints) and,
+under `train.strategies.FSDP`, sharded in its own FSDP instance rather than copied whole to every
+rank; validation is the parent's generation-based VQA scoring.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from train.module import VLMModule, zero_through_parameters
 from train.guards import check_finite_loss
+from train.module import VLMModule, zero_through_parameters
+from train.strategies import FSDP
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -24,6 +28,22 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return -F.logsigmoid(chosen - rejected).mean(), chosen.detach(), rejected.detach()
 
 
+class Reference(nn.Module):
+    """The frozen starting policy. Its forward is the sequence log-probabilities, so a copy sharded
+    in its own FSDP instance gathers its parameters when called; it never leaves eval mode."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(policy).requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Reference":
+        return super().train(False)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.model.sequence_logprobs(*args)
+
+
 class DPOModule(VLMModule):
     """Args beyond VLMModule's: `beta` (0.1 as in the paper). Start from an SFT checkpoint with
     `init_from`; `stage` says what trains (e.g. `finetune`: connector + LM)."""
@@ -31,12 +51,16 @@ class DPOModule(VLMModule):
     def __init__(self, *args, beta: float = 0.1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.beta = beta
-        # a plain attribute, not a submodule: not trained, not saved, not moved by the optimizer
-        self.__dict__["reference"] = copy.deepcopy(self.model).requires_grad_(False).eval()
+        # a plain attribute, not a submodule: not trained, not saved, not in the optimizer
+        self.__dict__["reference"] = Reference(self.model)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self.reference.to(self.device)
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDP):  # sharded as the policy is, not a full copy per rank
+            self.__dict__["reference"] = strategy.shard_frozen(self.reference).eval()
+        else:
+            self.reference.to(self.device)
 
     token_weighted_loss = False  # a loss per preference pair, not per token
 
@@ -51,7 +75,7 @@ class DPOModule(VLMModule):
         self.data_guard.add_targets(batch["num_targets"])
         policy = self.model.sequence_logprobs(*args)
         with torch.no_grad():
-            ref = self.reference.sequence_logprobs(*args)
+            ref = self.reference(*args)
         b = batch["num_pairs"]
         loss, chosen, rejected = dpo_loss(policy[:b], policy[b:], ref[:b], ref[b:], self.beta)
         check_finite_loss(loss, self.global_step, batch_idx)

@@ -4,8 +4,9 @@ Lightning's `strategy: fsdp` wraps the whole model as one unit (nothing is shard
 layer) and checkpoints nothing; getting per-layer units means naming the layer classes, which
 differ per backbone (LlamaDecoderLayer, MptBlock, GPTNeoXLayer, open_clip's
 ResidualAttentionBlock, ...). Here they are found on the model being trained: the LM's decoder
-layers from transformers' `_no_split_modules` (the blocks its authors declare indivisible),
-the vision tower's blocks as its largest list of same-class modules. Never from a model name.
+layers by `models.language.decoder_layer_list` (as Flamingo and the adapters find them: from
+transformers' `_no_split_modules`, the blocks its authors declare indivisible), the vision
+tower's blocks as its largest list of same-class modules. Never from a model name.
 
     trainer:
       strategy:
@@ -24,8 +25,8 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from models.flamingo import FlamingoLayer
-from models.language import decoder_layers
+from models.flamingo import Flamingo, FlamingoLayer
+from models.language import decoder_layer_list
 
 Sharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,18 +49,11 @@ def repeated_block_class(module: nn.Module) -> type[nn.Module] | None:
     return best
 
 
-def decoder_layer_classes(language: nn.Module) -> set[type[nn.Module]]:
-    """The LM's decoder-layer classes: its `_no_split_modules` present in it, else its repeated block."""
-    try:
-        found = {type(m) for m in decoder_layers(language)}
-    except ValueError:  # nothing declared: fall back to the repeated block
-        found = set()
-    if not found and (block := repeated_block_class(language)) is not None:
-        found = {block}
-    if not found:
-        raise ValueError(f"no decoder layers found in {type(language).__name__}: it declares no `_no_split_modules` "
-                         "and has no list of same-class blocks")
-    return found
+def decoder_layer_classes(vlm: nn.Module) -> set[type[nn.Module]]:
+    """The LM's decoder-layer classes, seen inside Flamingo's wrappers: a Flamingo's own list (maybe at a
+    declared path), else `decoder_layer_list`, the one finder."""
+    layers = vlm.decoder_layers if isinstance(vlm, Flamingo) else decoder_layer_list(vlm.language.model)[1]
+    return {type(_unwrap(layer)) for layer in layers}
 
 
 def vision_block_classes(vision: nn.Module) -> set[type[nn.Module]]:
@@ -80,7 +74,9 @@ class _IsInstance:
 
 
 class FSDP(FSDPStrategy):
-    """FSDP with one unit per LM decoder layer (and per vision block), its layers checkpointed.
+    """FSDP with one unit per LM decoder layer (and per vision block), its layers checkpointed; a
+    Flamingo's resampler and each gated cross-attention block are units too. `shard_frozen` shards
+    a frozen model kept outside the trained module (DPO's reference) with the same units.
 
     sharding: FULL_SHARD shards parameters, gradients and optimizer state (ZeRO-3-like);
         SHARD_GRAD_OP keeps parameters whole between forward and backward (ZeRO-2-like);
@@ -114,10 +110,26 @@ class FSDP(FSDPStrategy):
         self.checkpointed: set[type[nn.Module]] = set()
 
     def plan(self, vlm: nn.Module) -> tuple[set[type[nn.Module]], set[type[nn.Module]]]:
-        """(classes wrapped as FSDP units, classes checkpointed) for a LLaVA or Flamingo."""
-        layers = decoder_layer_classes(vlm.language)
+        """(classes wrapped as FSDP units, classes checkpointed) for a LLaVA or Flamingo. A Flamingo's
+        resampler and gated cross-attention blocks are units too, not left whole in the root unit."""
+        layers = decoder_layer_classes(vlm)
         wrapped = layers | (vision_block_classes(vlm.vision) if self.wrap_vision else set())
+        if isinstance(vlm, Flamingo):
+            wrapped |= {type(vlm.connector)} | {type(block) for block in vlm.cross_attention}
         return wrapped, (layers if self.checkpoint_layers else set())
+
+    def shard_frozen(self, module: nn.Module) -> nn.Module:
+        """A frozen model kept beside the trained one (DPO's reference) in its own FSDP instance, with
+        the trained model's units: sharded like it, yet outside the trained module, so never in the
+        optimizer or the checkpoint. Call it through its forward, which gathers its root's parameters."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        if isinstance(module, FullyShardedDataParallel):
+            return module
+        kwargs = {**self.kwargs, "auto_wrap_policy": ModuleWrapPolicy(self.wrapped)}
+        return FullyShardedDataParallel(module, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                                        sharding_strategy=self.sharding_strategy, device_id=self.root_device, **kwargs)
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
