@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.connectors import Connector
 from models.language import LanguageModel, decoder_layer_list
 from models.resampler import PerceiverResampler, feed_forward, merge_heads, split_heads
 from models.vision import VisionEncoder, encode_without_frozen_graph
@@ -143,7 +144,8 @@ class SpecialTokenDeltas(nn.Module):
 
 class Flamingo(nn.Module):
     """`resampler` is a factory called with (vision dim, vision dim): the resampled tokens stay in vision width.
-    Each image is resampled with its place among its row's images, for the resampler's time embeddings.
+    A Perceiver Resampler is given each image's place among its row's images (its time embeddings);
+    any other connector (e.g. the Shapes demo's `PatchMergerConnector`) maps the tokens alone.
     `decoder_layers_path` (relative to the transformers model, e.g. "transformer.blocks"): where the
     decoder layers are; None finds them (`decoder_layer_list`)."""
 
@@ -151,7 +153,7 @@ class Flamingo(nn.Module):
         self,
         vision: VisionEncoder,
         language: LanguageModel,
-        resampler: Callable[[int, int], PerceiverResampler] = PerceiverResampler,
+        resampler: Callable[[int, int], Connector] = PerceiverResampler,
         cross_attn_every_n_layers: int = 1,
         decoder_layers_path: str | None = None,
         only_attend_immediate_media: bool = True,
@@ -211,7 +213,10 @@ class Flamingo(nn.Module):
     def encode_images(self, pixel_values: Tensor, media_index: Tensor | None = None) -> Tensor:
         """(I, 3, H, W) -> (I, M, Dv); `media_index` (I,): each image's place among its row's images
         (None: each the first). No graph through a frozen tower."""
-        return self.connector(encode_without_frozen_graph(self.vision, pixel_values), media_index=media_index)
+        tokens = encode_without_frozen_graph(self.vision, pixel_values)
+        if isinstance(self.connector, PerceiverResampler):
+            return self.connector(tokens, media_index=media_index)
+        return self.connector(tokens)
 
     def media_per_row(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, Tensor]:
         """Images (in `<image>` order, row 0 first) -> zero-padded (B, T, M, Dv) and per-row counts (B,)."""

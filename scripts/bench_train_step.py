@@ -266,7 +266,9 @@ def _length_mix(s: dict, packed: bool):
         collate = PackingCollator(pad, model.language.image_token_id, n_img, max_length=longest)
     else:
         collate = Collator(pad)
-    batch = {k: v for k, v in collate(items).items() if k != "skipped"}
+    # the model's inputs; the collator's counts (skipped, dropped, num_targets, ...) are not
+    batch = {k: v for k, v in collate(items).items()
+             if k in ("input_ids", "attention_mask", "pixel_values", "labels", "segment_ids")}
     effective = sum(len(it["input_ids"]) - 1 + n_img for it in items)
     return batch, model, lambda m, x: m(**x)[1], effective, len(items)
 

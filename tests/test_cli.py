@@ -107,6 +107,7 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(world, tmp_path):
     (broken / "images/train/000000.png").write_bytes(b"not a png")
     (broken / "images/train/000001.png").unlink()
     cfg = experiment_config(broken, tmp_path, max_steps=7)  # 24 images / batch 4 = one epoch + 1 step
+    cfg["model"]["init_args"]["max_skip_fraction"] = 0.1  # 2 of 28 (train.data_guard stops more)
     main(["fit", "--config", _write(tmp_path / "ok.yaml", cfg)])
     rows = list(csv.DictReader(open(tmp_path / "tiny" / "version_0" / "metrics.csv")))
     skipped = max(float(r["train/skipped_samples"]) for r in rows if r.get("train/skipped_samples"))
