@@ -1,8 +1,9 @@
 """Our named templates as Jinja `chat_template`s, and which of ours a released Jinja template is.
 
 An export writes `jinja_chat_template(template)` into the tokenizer and processor, so HF users'
-`apply_chat_template` renders the text our template renders (the BOS is left to the tokenizer,
-as our tokenization adds it). Messages may hold a string (LLaVA's "<image>\\n..." text) or
+`apply_chat_template` renders the text our template renders. Our tokenization adds BOS; the Jinja
+template writes `{{ bos_token }}` first only for a tokenizer that adds none itself (`with_bos`), so
+`processor(text=...)` gives our ids either way. Messages may hold a string (LLaVA's "<image>\\n..." text) or
 transformers' list of parts (`{"type": "image"}` / `{"type": "text", "text": ...}`): images
 first, each "<image>\\n", then the text. A leading system message replaces the template's.
 
@@ -37,10 +38,20 @@ def _literal(text: str) -> str:
     return json.dumps(text)
 
 
-def jinja_chat_template(template: ChatTemplate) -> str:
-    """A Jinja `chat_template` that renders what `template.render` / `template.prompt_text` do."""
+def adds_bos(tokenizer) -> bool:
+    """Whether `tokenizer(text)` starts with BOS by itself (Llama's do; a bare BPE tokenizer does not)."""
+    return tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+
+def jinja_chat_template(template: ChatTemplate, with_bos: bool = False) -> str:
+    """A Jinja `chat_template` that renders what `template.render` / `template.prompt_text` do,
+    after `{{ bos_token }}` when `with_bos`."""
     if template.style == "chat_template":
         raise ValueError("the chat_template style already is the tokenizer's own Jinja template")
+    return ("{{ bos_token }}" if with_bos else "") + _body(template)
+
+
+def _body(template: ChatTemplate) -> str:
     if template.style == "plain":
         return ("{%- for m in messages if m['role'] != 'system' -%}{%- set c = m['content'] -%}"
                 "{%- if m['role'] == 'user' -%}" + _IMAGES +
@@ -67,16 +78,18 @@ PROBE_QUESTION = "What is shown?"
 
 
 def _probe_prompts(tokenizer, chat_template: str) -> list[str]:
-    """The source template's generation prompt for one image question, with string and list content."""
+    """The source template's generation prompt for one image question, with string and list content
+    (a leading BOS dropped)."""
     from jinja2 import TemplateError
 
     out = []
     for content in (f"<image>\n{PROBE_QUESTION}", [{"type": "image"}, {"type": "text", "text": PROBE_QUESTION}]):
         try:
-            out.append(tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=chat_template,
-                                                     tokenize=False, add_generation_prompt=True))
+            text = tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=chat_template,
+                                                 tokenize=False, add_generation_prompt=True)
         except (TemplateError, TypeError, KeyError):
             continue
+        out.append(text.removeprefix(tokenizer.bos_token or ""))
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from data.template_jinja import jinja_chat_template, template_for_chat_template
+from data.template_jinja import adds_bos, jinja_chat_template, template_for_chat_template
 from data.templates import ChatTemplate
 from data.tokenize import tokenize_segments
 from tests.offline_tokenizers import CHATML, llama2_style
@@ -54,6 +54,15 @@ def test_jinja_vicuna_v1_values(tok):
     assert tok.apply_chat_template(own_system, chat_template=jinja, tokenize=False) == "Be brief. USER: Hi ASSISTANT:"
 
 
+def test_bos_is_rendered_only_for_tokenizers_that_add_none(tok):
+    from tests.offline_tokenizers import qwen2_style
+
+    assert adds_bos(tok) and not adds_bos(qwen2_style())
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                   chat_template=jinja_chat_template(ChatTemplate(), with_bos=True))
+    assert text == "<s>USER: Hi ASSISTANT:"
+
+
 def test_jinja_plain(tok):
     template = ChatTemplate.named("plain")
     conversation = [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A cat."}]
@@ -65,5 +74,7 @@ def test_import_choice_is_read_from_the_template_text(tok):
     assert template_for_chat_template(tok, None)[0] == {"name": "vicuna_v1"}
     assert template_for_chat_template(tok, LLAVA_HF)[0] == {"name": "vicuna_v1"}
     assert template_for_chat_template(tok, jinja_chat_template(ChatTemplate.named("vicuna_v1")))[0] == {"name": "vicuna_v1"}
+    with_bos = jinja_chat_template(ChatTemplate.named("vicuna_v1"), with_bos=True)
+    assert template_for_chat_template(tok, with_bos)[0] == {"name": "vicuna_v1"}
     assert template_for_chat_template(tok, CHATML)[0] == {"name": "chat_template"}
     assert template_for_chat_template(tok, jinja_chat_template(ChatTemplate.named("plain")))[0] == {"name": "chat_template"}
