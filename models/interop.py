@@ -174,15 +174,23 @@ def chimera_to_hf_llava(model) -> dict[str, Tensor]:
     return out
 
 
-def export_hf_llava(model, out_dir: str | Path) -> Path:
+def export_hf_llava(model, out_dir: str | Path, template=None) -> Path:
     """Write a directory that `LlavaForConditionalGeneration.from_pretrained` (and `AutoProcessor`) load.
 
     HF LLaVA expands nothing: its `input_ids` must hold `image_seq_length` `<image>` tokens per
     image where ours hold one (the processor does that expansion from the saved config).
+    The tokenizer and processor carry `template` (default `ChatTemplate()`) as their Jinja
+    `chat_template`, and the image processor is the tower's transform (`models.hf_image_processor`),
+    so HF users get the prompts and pixels the model was trained on.
     """
     from huggingface_hub import save_torch_state_dict
     from transformers import LlavaProcessor
 
+    from data.template_jinja import adds_bos, jinja_chat_template
+    from data.templates import ChatTemplate
+    from models.hf_image_processor import llava_image_processor
+
+    template = template or ChatTemplate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = hf_llava_config(model)
@@ -191,12 +199,39 @@ def export_hf_llava(model, out_dir: str | Path) -> Path:
     config.save_pretrained(out)
     state = {k: v.detach().contiguous() for k, v in chimera_to_hf_llava(model).items()}
     save_torch_state_dict(state, out)
-    image_token = model.tokenizer.convert_ids_to_tokens(model.language.image_token_id)
-    processor = LlavaProcessor(image_processor=model.vision._processor, tokenizer=model.tokenizer,
+    tokenizer = copy.deepcopy(model.tokenizer)  # the model's own keeps its template
+    if template.style == "chat_template":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the template is the tokenizer's chat_template, but the tokenizer has none")
+    else:
+        tokenizer.chat_template = jinja_chat_template(template, with_bos=not adds_bos(tokenizer))
+    image_token = tokenizer.convert_ids_to_tokens(model.language.image_token_id)
+    transform = model.vision.transform(train=False)
+    processor = LlavaProcessor(image_processor=llava_image_processor(transform), tokenizer=tokenizer,
                                patch_size=int(model.vision.model.config.patch_size), image_token=image_token,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)  # CLS
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,  # CLS
+                               chat_template=tokenizer.chat_template)
     processor.save_pretrained(out)
+    (out / "README.md").write_text(export_readme(template, transform))
     return out
+
+
+def export_readme(template, transform) -> str:
+    """What an HF user of the export needs to know to reproduce training's inputs."""
+    name = template.name or f"{template.style} template"
+    return (
+        "# Exported from Chimera (`chimera export --format hf-llava`)\n\n"
+        f"- Prompts: `processor.apply_chat_template(messages, add_generation_prompt=True)` renders Chimera's "
+        f"`{name}` template (BOS included when the tokenizer does not add one).\n"
+        f"- Images: mode `{transform.mode}` at {transform.size}px ({_MODE_TEXT[transform.mode]}), written as a "
+        "`LlavaImageProcessor` config. Load it with `AutoProcessor.from_pretrained(DIR, backend=\"pil\")` for "
+        "pixel tensors equal to training's; transformers' default torchvision backend resizes with another "
+        "bicubic kernel (pixels differ by up to a dozen 8-bit levels where an image is resized).\n"
+    )
+
+
+_MODE_TEXT = {"resize": "squashed to a square", "pad": "padded to a square with the mean colour, then resized",
+              "crop": "shortest side resized, then the centre square"}
 
 
 def _load_safetensors_dir(src: Path) -> dict[str, Tensor]:
@@ -218,9 +253,11 @@ def _config_kwargs(cfg) -> dict:
 
 def import_hf_llava(src: str | Path):
     """Our `LLaVA` (HFVision + MLPConnector + LanguageModel, all built from the saved configs) with the
-    weights of a transformers LLaVA directory. The tokenizer is the directory's own."""
+    weights of a transformers LLaVA directory. The tokenizer is the directory's own; the tower's
+    image mode, mean and std are its image processor's (`models.hf_llava_inputs`)."""
     from transformers import LlavaConfig
 
+    from models.hf_llava_inputs import image_settings
     from models.connectors import MLPConnector
     from models.language import LanguageModel
     from models.llava import LLaVA
@@ -236,7 +273,8 @@ def import_hf_llava(src: str | Path):
         raise ValueError(f"{src}: only one feature layer with the CLS token dropped ('default') is supported")
     if cfg.projector_hidden_act != "gelu" or not cfg.multimodal_projector_bias:
         raise ValueError(f"{src}: projector must be mlp2x_gelu with biases")
-    vision = HFVision(config=_config_kwargs(cfg.vision_config), model_type="clip", select_layer=cfg.vision_feature_layer)
+    vision = HFVision(config=_config_kwargs(cfg.vision_config), model_type="clip", select_layer=cfg.vision_feature_layer,
+                      **image_settings(src))  # the directory's image mode and normalisation
     language = LanguageModel(config={"model_type": cfg.text_config.model_type, **_config_kwargs(cfg.text_config)},
                              tokenizer=str(src))
     if language.image_token_id != cfg.image_token_id:

@@ -21,14 +21,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
 from typing import Any, Literal
 
-import PIL.Image
 import torch
-import torchvision.transforms.functional as TF
 from torch import Tensor, nn
-from torchvision.transforms import InterpolationMode
+
+from models.image_transform import IMAGE_MODES, ImageMode, ImageTransform
 
 __all__ = [
     "HFVision",
@@ -38,37 +36,6 @@ __all__ = [
     "VisionEncoder",
     "grid_coords",
 ]
-
-
-class ImageTransform:
-    """PIL image -> normalised ``(3, size, size)`` tensor.
-
-    A plain class rather than a ``transforms.Compose`` with lambdas, so it
-    pickles into DataLoader worker processes. The image is squashed to a
-    square (no centre crop) so no content near the borders is lost; a question
-    may be about an object at the edge.
-    """
-
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.size = int(size)
-        self.mean = [float(m) for m in mean]
-        self.std = [float(s) for s in std]
-
-    def __call__(self, image: PIL.Image.Image) -> Tensor:
-        image = image.convert("RGB")
-        image = TF.resize(
-            image, [self.size, self.size], interpolation=InterpolationMode.BICUBIC, antialias=True
-        )
-        return TF.normalize(TF.to_tensor(image), self.mean, self.std)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, mean={self.mean}, std={self.std})"
-
-    def to_dict(self) -> dict:
-        """The settings as data, for a release's image_processing.json: what another stack needs
-        to feed the tower the pixels it was trained on."""
-        return {"size": self.size, "mean": self.mean, "std": self.std, "resize": "squash",
-                "interpolation": "bicubic", "antialias": True, "convert": "RGB", "rescale": 1 / 255}
 
 
 def grid_coords(
@@ -115,8 +82,11 @@ class VisionEncoder(nn.Module, abc.ABC):
         num_patches: number of tokens N per image.
         image_size: square input side the encoder expects.
         mean, std: per-channel normalisation the weights were trained with.
+        image_mode: how an image becomes a square (`models.image_transform`): `resize`, `pad`
+            (LLaVA-1.5) or `crop`; one setting for training, eval, generate and export.
     """
 
+    image_mode: ImageMode = "resize"
     dim: int
     num_patches: int
     image_size: int
@@ -133,7 +103,7 @@ class VisionEncoder(nn.Module, abc.ABC):
         """Backend-specific feature extraction on already-checked input."""
 
     def transform(self, train: bool = False) -> ImageTransform:
-        """Preprocessing matching this encoder (size, mean, std).
+        """Preprocessing matching this encoder (size, mean, std, image mode).
 
         ``train`` is accepted so the data code can ask for a split-specific
         transform, but both are the same: flips or crops would silently break
@@ -141,7 +111,7 @@ class VisionEncoder(nn.Module, abc.ABC):
         data code that knows the task.
         """
         del train
-        return ImageTransform(self.image_size, self.mean, self.std)
+        return ImageTransform(self.image_size, self.mean, self.std, self.image_mode)
 
     # -- helpers for subclasses -------------------------------------------------
 
@@ -153,6 +123,11 @@ class VisionEncoder(nn.Module, abc.ABC):
                 f"{expected[1]}, {expected[2]}) (image_size={self.image_size}), "
                 f"got {tuple(pixels.shape)}"
             )
+
+    def _set_image_mode(self, image_mode: ImageMode) -> None:
+        if image_mode not in IMAGE_MODES:
+            raise ValueError(f"{type(self).__name__}: image_mode must be one of {list(IMAGE_MODES)}, got {image_mode!r}")
+        self.image_mode = image_mode
 
     def _set_coords(self, add_coords: bool, coords_scale: float) -> None:
         if not coords_scale > 0:
@@ -273,6 +248,8 @@ class OpenCLIPVision(VisionEncoder):
             (docs/benchmarks.md, "Where is the X?" for Flamingo).
         image_mean, image_std: normalisation, overriding what open_clip takes from
             the pretrained tag (a checkpoint records them, since it loads without the tag).
+        image_mode: how images become squares for this tower: `resize` (squash), `pad` (LLaVA-1.5:
+            pad to a square with the mean colour) or `crop` (shortest side, centre crop).
     """
 
     def __init__(
@@ -286,9 +263,12 @@ class OpenCLIPVision(VisionEncoder):
         coords_scale: float = 1.0,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
+        image_mode: ImageMode = "resize",
     ) -> None:
         super().__init__()
         import open_clip
+
+        self._set_image_mode(image_mode)
 
         if (model_name is None) == (model_config is None):
             raise ValueError("OpenCLIPVision needs exactly one of model_name and model_config")
@@ -389,6 +369,8 @@ class HFVision(VisionEncoder):
         image_mean, image_std: normalisation of a tower built from ``config``
             (default: the image processor type's); a checkpoint records the
             pretrained processor's here, since it loads without that directory.
+        image_mode: how images become squares for this tower: `resize` (squash), `pad` (LLaVA-1.5:
+            pad to a square with the mean colour) or `crop` (shortest side, centre crop).
     """
 
     def __init__(
@@ -399,8 +381,10 @@ class HFVision(VisionEncoder):
         select_layer: int = -2,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
+        image_mode: ImageMode = "resize",
     ) -> None:
         super().__init__()
+        self._set_image_mode(image_mode)
         config_cls, model_cls, processor_cls = _hf_classes(model_type)
         if (name_or_path is None) == (config is None):
             raise ValueError("HFVision needs exactly one of name_or_path and config")
@@ -499,6 +483,8 @@ class TimmVision(VisionEncoder):
             extra channels (as in Relation Networks): CNN features carry little
             absolute position, which an LM needs for "left of"-style questions.
         coords_scale: multiplies the coordinate channels (see ``OpenCLIPVision``).
+        image_mode: how images become squares for this tower: `resize` (squash), `pad` (LLaVA-1.5:
+            pad to a square with the mean colour) or `crop` (shortest side, centre crop).
     """
 
     def __init__(
@@ -511,9 +497,12 @@ class TimmVision(VisionEncoder):
         image_size: int | None = None,
         add_coords: bool = False,
         coords_scale: float = 1.0,
+        image_mode: ImageMode = "resize",
     ) -> None:
         super().__init__()
         import timm
+
+        self._set_image_mode(image_mode)
         import timm.data
         import timm.models
 

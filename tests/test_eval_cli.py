@@ -64,7 +64,8 @@ def test_predictions_identical_at_batch_size_1_and_8(trained, tmp_path):
     for beams in (1, 3):
         run = {}
         for bs in (1, 8):
-            decoding = Decoding(batch_size=bs, num_beams=beams, stop=[], max_new_tokens=5)
+            # no shared suffix: prompts that end differently are what makes the answers differ
+            decoding = Decoding(batch_size=bs, num_beams=beams, stop=[], max_new_tokens=5, prompt_suffix={"vqa": ""})
             run[bs] = evaluate_model(module, files, tmp_path / f"b{bs}_{beams}", decoding)
         preds = [r["prediction"] for r in run[1][1]["vqa"]]
         assert len(set(preds)) >= 8
@@ -184,3 +185,54 @@ def test_eval_at_the_end_of_fit(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises((SystemExit, ValueError)):
         main(["fit", "--config", str(path)])
+
+
+def test_default_prompt_suffixes_follow_llava_15():
+    from data.writers import CAPTION_PROMPT
+    from train.evaluation.runner import make_task
+
+    short = "\nAnswer the question using a single word or phrase."
+    assert make_task("vqa").prompt({"question": "What colour is the circle?"}) == "What colour is the circle?" + short
+    assert make_task("pope").prompt({"question": "Is there a square?"}) == "Is there a square?" + short
+    assert make_task("caption").prompt({}) == CAPTION_PROMPT  # captions: none
+    assert make_task("vqa", "").prompt({"question": "What?"}) == "What?"
+    with pytest.raises(ValueError, match="has no prompt to suffix"):
+        make_task("retrieval", "x")
+
+
+def test_eval_template_and_prompt_suffix_options(trained, tmp_path):
+    from data.templates import ChatTemplate
+    from train.evaluation.decoding import prompt_template
+
+    world, _, ckpt = trained
+    out = tmp_path / "out"
+    main(["eval", "--ckpt", str(ckpt), "--tasks", "vqa", "--data", str(world / "val_qa.jsonl"), "--out", str(out),
+          "--limit", "2", "--max-new-tokens", "2", "--template", "vicuna_v1", "--prompt-suffix", "vqa=\\nOne word."])
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["prompts"] == {"vqa": {"suffix": "\nOne word.", "template": "vicuna_v1"}}
+    assert results["meta"]["decoding"]["template"] == "vicuna_v1"
+    data = _jsonl(world / "val_qa.jsonl")[:2]
+    assert [r["prompt"] for r in _jsonl(out / "vqa.jsonl")] == [d["question"] + "\nOne word." for d in data]
+    module = load_module(ckpt)
+    assert prompt_template(module, Decoding(template="vicuna_v1")) == ChatTemplate.named("vicuna_v1")
+    assert prompt_template(module, Decoding()) is module.template
+
+
+def test_eval_records_default_prompts(trained, tmp_path):
+    world, _, ckpt = trained
+    results, rows = evaluate_model(load_module(ckpt), {"vqa": world / "val_qa.jsonl"}, tmp_path / "out",
+                                   Decoding(max_new_tokens=1), limit=1)
+    prompts = results["meta"]["prompts"]["vqa"]
+    assert prompts["suffix"] == "\nAnswer the question using a single word or phrase."
+    assert prompts["template"]["style"] == "roles" and prompts["template"]["roles"] == ("USER", "ASSISTANT")
+    assert rows["vqa"][0]["prompt"].endswith("single word or phrase.")
+
+
+def test_prompt_suffix_errors(trained, tmp_path):
+    world, _, ckpt = trained
+    with pytest.raises(ValueError, match=r"prompt suffixes for tasks not evaluated: \['caption'\]"):
+        main(["eval", "--ckpt", str(ckpt), "--tasks", "vqa", "--data", str(world / "val_qa.jsonl"),
+              "--out", str(tmp_path / "o"), "--prompt-suffix", "caption=x"])
+    with pytest.raises(ValueError, match="write TASK=TEXT"):
+        main(["eval", "--ckpt", str(ckpt), "--tasks", "vqa", "--data", str(world / "val_qa.jsonl"),
+              "--out", str(tmp_path / "o"), "--prompt-suffix", "no-equals-sign"])

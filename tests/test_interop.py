@@ -124,6 +124,88 @@ def test_hf_llava_export_refuses_other_towers(tok, tmp_path):
         export_hf_llava(model, tmp_path)
 
 
+@pytest.fixture(scope="module", params=["pad", "crop"])
+def exported_llava15(request, tok, tmp_path_factory):
+    """A vicuna_v1 checkpoint whose tower pads (LLaVA-1.5) or crops, exported as hf-llava."""
+    root = tmp_path_factory.mktemp(f"llava15-{request.param}")
+    torch.manual_seed(0)
+    config = llava_config(tok)
+    config["init_args"]["template"] = {"name": "vicuna_v1"}
+    config["init_args"]["model"]["init_args"]["vision"]["init_args"]["image_mode"] = request.param
+    module = build_module(config).eval()
+    ckpt = root / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "chimera_config": config}, ckpt)
+    main(["export", "--ckpt", str(ckpt), "--format", "hf-llava", "--out", str(root / "hf")])
+    return module, root
+
+
+def non_square_image():
+    import numpy as np
+    import PIL.Image
+
+    return PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (31, 45, 3), dtype=np.uint8))
+
+
+def test_hf_llava_processor_gives_our_pixels_exactly(exported, exported_llava15):
+    from transformers import AutoProcessor
+
+    for model, root in (exported, (exported_llava15[0].model, exported_llava15[1])):
+        processor = AutoProcessor.from_pretrained(root / "hf", backend="pil")
+        image = non_square_image()
+        theirs = processor(text="<image>\nhi", images=image, return_tensors="pt")["pixel_values"][0]
+        assert torch.equal(theirs, model.vision.transform(train=False)(image))
+
+
+def test_hf_llava_chat_template_renders_our_prompt(exported_llava15):
+    from transformers import AutoProcessor
+
+    from data.tokenize import tokenize_prompt
+
+    module, root = exported_llava15
+    processor = AutoProcessor.from_pretrained(root / "hf", backend="pil")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is the square"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    ours = module.template.prompt_text("what colour is the square")
+    assert text == "<s>" + "".join(s.text for s in ours)  # this tokenizer adds no BOS itself: the template does
+    assert text.startswith("<s>A chat between a curious user") and text.endswith(" ASSISTANT:")
+    ids = processor(text=text, images=non_square_image(), return_tensors="pt")["input_ids"]
+    our_ids = torch.tensor([tokenize_prompt("what colour is the square", module.model.tokenizer, module.template)])
+    image_id = module.model.language.image_token_id
+    assert torch.equal(ids, expand_image_tokens(our_ids, image_id, module.model.num_image_tokens))
+    assert "backend=\"pil\"" in (root / "hf" / "README.md").read_text()
+
+
+def test_hf_llava_import_keeps_template_and_image_mode(exported_llava15):
+    from data.templates import ChatTemplate
+
+    module, root = exported_llava15
+    out = root / f"back-{module.model.vision.image_mode}"
+    main(["import", "--format", "hf-llava", "--src", str(root / "hf"), "--out", str(out)])
+    back = load_module(out / "model.ckpt")
+    assert back.template == ChatTemplate.named("vicuna_v1")
+    assert back.model.vision.image_mode == module.model.vision.image_mode
+    assert back.model.vision.mean == module.model.vision.mean
+    image = non_square_image()
+    assert torch.equal(back.model.vision.transform()(image), module.model.vision.transform()(image))
+
+
+def test_hf_llava_import_template_follows_the_source_chat_template(exported, tmp_path):
+    from tests.offline_tokenizers import CHATML
+
+    _, root = exported
+    chatml, bare = tmp_path / "chatml", tmp_path / "bare"
+    shutil.copytree(root / "hf", chatml)
+    (chatml / "chat_template.jinja").write_text(CHATML)  # another chat format: used as it is
+    main(["import", "--format", "hf-llava", "--src", str(chatml), "--out", str(tmp_path / "a")])
+    module = load_module(tmp_path / "a" / "model.ckpt")
+    assert module.template.name == "chat_template"
+    assert module.model.tokenizer.chat_template == CHATML
+    shutil.copytree(root / "hf", bare)
+    (bare / "chat_template.jinja").unlink()  # none at all: LLaVA-1.5's own format
+    main(["import", "--format", "hf-llava", "--src", str(bare), "--out", str(tmp_path / "b")])
+    assert load_module(tmp_path / "b" / "model.ckpt").template.name == "vicuna_v1"
+
+
 # --- OpenFlamingo ---------------------------------------------------------------------------
 
 def tiny_flamingo(tok: str, seed: int, **resampler_kw) -> Flamingo:

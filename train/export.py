@@ -6,10 +6,12 @@
     chimera export --ckpt CKPT --format hf-llava --out DIR
         DIR loads with `transformers.LlavaForConditionalGeneration.from_pretrained(DIR)` (and
         `AutoProcessor`); needs an HF CLIP tower, the mlp2x_gelu connector and a dense LM
-        (`chimera merge` a LoRA/QLoRA checkpoint first).
+        (`chimera merge` a LoRA/QLoRA checkpoint first). Its chat_template renders the checkpoint's
+        template and its image processor applies the tower's image mode (DIR/README.md).
     chimera import --format hf-llava --src HF_DIR --out DIR
         DIR/model.ckpt loads with `load_module` / `chimera generate|eval --ckpt`; DIR/vision and
-        DIR/language are the parts as transformers directories (its config points at them).
+        DIR/language are the parts as transformers directories (its config points at them). The
+        template and image mode come from HF_DIR's chat_template and image processor.
     chimera import --format openflamingo --src checkpoint.pt --config EXPERIMENT.yaml --out DIR
         builds the Flamingo of EXPERIMENT.yaml (e.g. configs/experiments/openflamingo-3b.yaml:
         pretrained vision and LM) and loads open_flamingo's trained weights into it.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from data.templates import ChatTemplate
 from train.checkpoint_io import atomic_save
 
 
@@ -39,10 +42,10 @@ def export_checkpoint(ckpt: str | Path, fmt: str, out_dir: str | Path) -> Path:
         from train.release import write_release
 
         return write_release(load_module(ckpt), out_dir)
-    model = load_module(ckpt).model
-    if not isinstance(model, LLaVA):
-        raise ValueError(f"{ckpt}: hf-llava export needs a LLaVA model, got {type(model).__name__}")
-    return export_hf_llava(model, out_dir)
+    module = load_module(ckpt)
+    if not isinstance(module.model, LLaVA):
+        raise ValueError(f"{ckpt}: hf-llava export needs a LLaVA model, got {type(module.model).__name__}")
+    return export_hf_llava(module.model, out_dir, module.template)
 
 
 def _save_module(module, config: dict, out: Path, source: str) -> Path:
@@ -56,25 +59,32 @@ def _save_module(module, config: dict, out: Path, source: str) -> Path:
 
 
 def import_hf_llava_dir(src: str | Path, out_dir: str | Path) -> Path:
-    """A `chimera fit`-style checkpoint (config + weights) from a transformers LLaVA directory."""
+    """A `chimera fit`-style checkpoint (config + weights) from a transformers LLaVA directory, with
+    the template and image mode the directory's own chat_template and image processor imply."""
+    from models.hf_llava_inputs import template_of
     from models.interop import import_hf_llava
     from train.module import VLMModule
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = import_hf_llava(src)
+    template, reason, jinja = template_of(src, model.tokenizer)
+    if template["name"] == "chat_template":
+        model.tokenizer.chat_template = jinja  # where the chat_template style reads it
+    print(f"template: {template['name']} ({reason}); image mode: {model.vision.image_mode}")
     model.vision.save_pretrained(str(out / "vision"))
     model.language.save_pretrained(out / "language")
-    config = {"class_path": "train.module.VLMModule", "init_args": {"stage": "finetune", "model": {
+    config = {"class_path": "train.module.VLMModule", "init_args": {"stage": "finetune", "template": template, "model": {
         "class_path": "models.llava.LLaVA", "init_args": {
             "vision": {"class_path": "models.vision.HFVision",
                        "init_args": {"name_or_path": str(out / "vision"), "model_type": "clip",
-                                     "select_layer": model.vision.select_layer}},
+                                     "select_layer": model.vision.select_layer, "image_mode": model.vision.image_mode}},
             "language": {"class_path": "models.language.LanguageModel",
                          "init_args": {"name_or_path": str(out / "language")}},
             "connector": {"class_path": "models.connectors.MLPConnector", "init_args": {"depth": 2, "activation": "gelu"}},
         }}}}
-    return _save_module(VLMModule(model, stage="finetune"), config, out, str(src))
+    module = VLMModule(model, stage="finetune", template=ChatTemplate(**template))
+    return _save_module(module, config, out, str(src))
 
 
 def import_openflamingo(src: str | Path, experiment: str | Path, out_dir: str | Path) -> Path:
@@ -100,7 +110,11 @@ def export_main(argv: list[str]) -> None:
                              "hf-llava: a transformers LlavaForConditionalGeneration directory")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    print(f"wrote {export_checkpoint(args.ckpt, args.format, args.out)}")
+    path = export_checkpoint(args.ckpt, args.format, args.out)
+    print(f"wrote {path}")
+    if args.format == "hf-llava":
+        print(f"{path / 'README.md'}: its chat_template renders the training template; load with "
+              "AutoProcessor.from_pretrained(DIR, backend='pil') for training's exact pixels")
 
 
 def import_main(argv: list[str]) -> None:

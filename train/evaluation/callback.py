@@ -16,7 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from train.evaluation.command import format_results, resolve_task_files
 from train.evaluation.decoding import Decoding
-from train.evaluation.runner import evaluate_model, make_task
+from data.templates import TemplateName
+from train.evaluation.runner import check_prompt_suffixes, evaluate_model, make_task
 from train.evaluation.wandb_log import flat_metrics, log_eval_to_wandb
 
 
@@ -26,15 +27,22 @@ class EvalAtFitEnd(L.Callback):
     Args:
         tasks: task names (vqa, caption, pope).
         data: task -> file; by default each task's file beside the data module's `val_qa`.
+        prompt_suffix: task -> text after each question, replacing the task's default (LLaVA-1.5's
+            short-answer instruction for vqa/pope); `{vqa: "", pope: ""}` for models trained without it.
+        template: a named template instead of the module's own.
     """
 
     def __init__(self, tasks: list[str], data: dict[str, str] | None = None, out: str | None = None,
                  batch_size: int = 16, num_beams: int = 1, max_new_tokens: int | None = None,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, prompt_suffix: dict[str, str] | None = None,
+                 template: TemplateName | None = None) -> None:
+        prompt_suffix = dict(prompt_suffix or {})
+        check_prompt_suffixes(prompt_suffix, tasks)
         for t in tasks:
-            make_task(t)  # a typo fails when the config is parsed, not after training
+            make_task(t, prompt_suffix.get(t))  # a typo fails when the config is parsed, not after training
         self.tasks, self.data, self.out, self.limit = list(tasks), dict(data or {}), out, limit
-        self.decoding = Decoding(max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=batch_size)
+        self.decoding = Decoding(max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=batch_size,
+                                 template=template, prompt_suffix=prompt_suffix)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # `trainer.log_dir` is a collective: every rank reads it, then rank 0 evaluates

@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from train.evaluation.decoding import Decoding
-from train.evaluation.runner import evaluate_model, make_task, score_prediction_file
+from data.templates import NAMED
+from train.evaluation.runner import check_prompt_suffixes, evaluate_model, make_task, score_prediction_file
 from train.evaluation.wandb_log import log_eval_to_wandb, wandb_settings
 
 
@@ -31,7 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demos", choices=["rices", "random"], default="rices",
                    help="demonstration choice: RICES (most similar images, most similar last) or random")
     p.add_argument("--support", help="demonstration pool (task format); default: the evaluated set, leave-one-out")
+    p.add_argument("--template", choices=sorted(NAMED),
+                   help="render prompts with this named template instead of the checkpoint's own")
+    p.add_argument("--prompt-suffix", action="append", default=[], metavar="TASK=TEXT",
+                   help="text appended to each question of TASK (repeatable; \\n is a newline; empty TEXT: none). "
+                        "Default: LLaVA-1.5's, vqa/pope: '\\nAnswer the question using a single word or phrase.', "
+                        "caption: none")
     return p
+
+
+def parse_prompt_suffixes(args: list[str], tasks: list[str]) -> dict[str, str]:
+    """`TASK=TEXT` entries -> {task: text}, with `\\n` in TEXT read as a newline."""
+    out: dict[str, str] = {}
+    for arg in args:
+        name, sep, text = arg.partition("=")
+        if not sep:
+            raise ValueError(f"--prompt-suffix {arg!r}: write TASK=TEXT")
+        out[name] = text.replace("\\n", "\n")
+    check_prompt_suffixes(out, tasks)
+    return out
 
 
 def _read_config(path: str | None) -> dict:
@@ -85,19 +104,22 @@ def _load_module(args, config: dict):
 def eval_main(argv: list[str]) -> dict:
     args = build_parser().parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    suffixes = parse_prompt_suffixes(args.prompt_suffix, tasks)
     for t in tasks:
-        make_task(t)  # unknown names fail before anything loads
+        make_task(t, suffixes.get(t))  # unknown names (and suffixes for prompt-less tasks) fail before anything loads
     config = _read_config(args.config)
     files = resolve_task_files(tasks, args.data, default_val_qa(config))
     if args.predictions:
         if len(tasks) != 1:
             raise ValueError("--predictions scores one task at a time")
-        results, rows = score_prediction_file(tasks[0], args.predictions, files[tasks[0]], args.out)
+        results, rows = score_prediction_file(tasks[0], args.predictions, files[tasks[0]], args.out,
+                                              suffixes.get(tasks[0]))
     else:
         module = _load_module(args, config)
         decoding = Decoding(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                             stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size,
-                            shots=args.shots, demos=args.demos, support=args.support)
+                            shots=args.shots, demos=args.demos, support=args.support, template=args.template,
+                            prompt_suffix=suffixes)
         results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt)
     settings = wandb_settings(config)
     if settings is not None:

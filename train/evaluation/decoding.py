@@ -15,10 +15,14 @@ from torch.utils.data import DataLoader
 
 from data.collate import Collator
 from data.conversation_dataset import PromptDataset
+from data.templates import ChatTemplate, TemplateName
 
 
 @dataclass
 class Decoding:
+    """How prompts are built and decoded. The prompt settings (`template`, `prompt_suffix`) live here
+    so every caller (`chimera eval`, a pipeline's eval stage, `EvalAtFitEnd`) takes them the same way."""
+
     max_new_tokens: int | None = None  # None: the task's default
     num_beams: int = 1
     stop: list[str] = field(default_factory=lambda: ["\n"])
@@ -27,6 +31,13 @@ class Decoding:
     demos: str = "rices"  # "rices" or "random"
     support: str | None = None  # demonstration pool (same format as the task's data); None: the eval set
     seed: int = 0
+    template: TemplateName | None = None  # a named template instead of the checkpoint's own
+    prompt_suffix: dict[str, str] = field(default_factory=dict)  # task -> suffix; others keep the task's default
+
+
+def prompt_template(module, decoding: Decoding) -> ChatTemplate:
+    """The template prompts are rendered with: `decoding.template` by name, else the checkpoint's."""
+    return ChatTemplate.named(decoding.template) if decoding.template else module.template
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -46,7 +57,8 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
     question, or (few-shot) a conversation whose last turn is the question."""
     model = module.model
     tok = model.tokenizer
-    dataset = PromptDataset(records, root, prompts, tok, module.template, model.vision.transform(train=False))
+    dataset = PromptDataset(records, root, prompts, tok, prompt_template(module, decoding),
+                            model.vision.transform(train=False))
     loader = DataLoader(dataset, batch_size=decoding.batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=Collator(tok.pad_token_id, left_pad=True))
     predictions: list[str | None] = [None] * len(records)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data.conversation_dataset import read_records
 from train.evaluation.contrastive import CONTRASTIVE_TASKS
-from train.evaluation.decoding import Decoding, generate_predictions
+from train.evaluation.decoding import Decoding, generate_predictions, prompt_template
 from train.evaluation.fewshot import fewshot_turns, pooled_image_embeddings, select_demonstrations
 from train.evaluation.tasks import GENERATIVE_TASKS
 
@@ -32,10 +32,29 @@ def config_hash(config: dict | None) -> str | None:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_task(name: str):
+def make_task(name: str, prompt_suffix: str | None = None):
+    """The task by name; `prompt_suffix` replaces its default (generative tasks only)."""
     if name not in TASKS:
         raise ValueError(f"unknown eval task {name!r}; choose from {sorted(TASKS)}")
-    return TASKS[name]()
+    task = TASKS[name]()
+    if prompt_suffix is not None:
+        if is_contrastive(task):
+            raise ValueError(f"task {name!r} scores embeddings and has no prompt to suffix")
+        task.prompt_suffix = prompt_suffix
+    return task
+
+
+def check_prompt_suffixes(suffixes: dict[str, str], tasks) -> None:
+    unknown = sorted(set(suffixes) - set(tasks))
+    if unknown:
+        raise ValueError(f"prompt suffixes for tasks not evaluated: {unknown} (tasks: {sorted(tasks)})")
+
+
+def prompt_settings(task, template) -> dict:
+    """What results.json records of a task's prompt: its suffix and the template's name (or fields)."""
+    if is_contrastive(task):
+        return {}
+    return {"suffix": task.prompt_suffix, "template": template.name or asdict(template)}
 
 
 def is_contrastive(task) -> bool:
@@ -143,24 +162,30 @@ def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Pat
                    limit: int | None = None, checkpoint: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
     """Generate and score every task; writes results.json and the per-sample files."""
     decoding = decoding or Decoding()
+    check_prompt_suffixes(decoding.prompt_suffix, task_files)
+    template = prompt_template(module, decoding)
     results: dict = {}
     rows_by_task: dict[str, list[dict]] = {}
+    prompts: dict[str, dict] = {}
     for name, path in task_files.items():
-        task = make_task(name)
+        task = make_task(name, decoding.prompt_suffix.get(name))
         records = load_task_records(task, path, limit)
         results[name], rows_by_task[name] = _run_task(module, task, records, Path(path).parent, decoding)
+        prompts[name] = prompt_settings(task, template)
         log.info("%s: %s", name, results[name])
     config = getattr(module, "chimera_config", None)
     results["meta"] = _meta(model=type(module.model).__name__, checkpoint=checkpoint, config_hash=config_hash(config),
-                            data={k: str(v) for k, v in task_files.items()}, decoding=asdict(decoding), limit=limit)
+                            data={k: str(v) for k, v in task_files.items()}, decoding=asdict(decoding), limit=limit,
+                            prompts=prompts)
     write_outputs(out_dir, results, rows_by_task)
     return results, rows_by_task
 
 
-def score_prediction_file(task_name: str, predictions: str | Path, data: str | Path,
-                          out_dir: str | Path) -> tuple[dict, dict[str, list[dict]]]:
-    """Score `{"id", "prediction"}` records from any model against a data file, matched by id."""
-    task = make_task(task_name)
+def score_prediction_file(task_name: str, predictions: str | Path, data: str | Path, out_dir: str | Path,
+                          prompt_suffix: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
+    """Score `{"id", "prediction"}` records from any model against a data file, matched by id
+    (`prompt_suffix` only changes the prompts recorded per sample)."""
+    task = make_task(task_name, prompt_suffix)
     if is_contrastive(task):
         raise ValueError(f"task {task_name!r} scores embeddings, not text predictions: run it with --ckpt")
     records = load_task_records(task, data)
@@ -181,6 +206,7 @@ def score_prediction_file(task_name: str, predictions: str | Path, data: str | P
     preds = [None if by_id.get(r["id"]) is None else str(by_id[r["id"]]) for r in records]
     metrics, rows = score_records(task, records, preds, prompts)
     results = {task_name: metrics, "meta": _meta(model=None, checkpoint=None, config_hash=None,
-                                                 predictions=str(predictions), data={task_name: str(data)})}
+                                                 predictions=str(predictions), data={task_name: str(data)},
+                                                 prompts={task_name: {"suffix": task.prompt_suffix}})}
     write_outputs(out_dir, results, {task_name: rows})
     return results, {task_name: rows}

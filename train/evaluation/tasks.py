@@ -2,6 +2,10 @@
 
 A task is data + three small functions; adding one never means copying a 100-line block.
 Records use the project's JSONL eval format (see `data/eval_formats.py` for converters).
+
+`prompt_suffix` follows LLaVA-1.5's eval scripts (and lmms-eval's `post_prompt`): short-answer
+tasks (VQA, POPE) end the question with `SHORT_ANSWER`; captions take none. Models trained
+without it (the tiny worlds) evaluate with `prompt_suffix: {vqa: "", pope: ""}`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from train.evaluation.caption_metrics import bleu, cider_d
 from train.evaluation.pope_metric import parse_yes_no, pope_metrics
 from train.evaluation.scene_caption import scene_caption_metrics
 from train.evaluation.vqa_metric import vqa_accuracy
+
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 
 # groups reported when the data has these types (Sort-of-CLEVR's two families)
 DEFAULT_TYPE_GROUPS = {
@@ -37,6 +43,7 @@ class VQATask:
     name: str = "vqa"
     default_file: str = "val_qa.jsonl"
     prompt_template: str = "{question}"
+    prompt_suffix: str = SHORT_ANSWER
     max_new_tokens: int = 8
     type_groups: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TYPE_GROUPS))
 
@@ -47,7 +54,7 @@ class VQATask:
                 raise ValueError(f"{source}: record {rec['id']!r} has neither 'answer' nor 'answers'")
 
     def prompt(self, rec: dict) -> str:
-        return self.prompt_template.format(question=rec["question"])
+        return self.prompt_template.format(question=rec["question"]) + self.prompt_suffix
 
     def references(self, rec: dict) -> list[str]:
         return [str(a) for a in rec["answers"]] if "answers" in rec else [str(rec["answer"])]
@@ -77,6 +84,7 @@ class CaptionTask:
     name: str = "caption"
     default_file: str = "val_captions.jsonl"
     prompt_template: str = CAPTION_PROMPT
+    prompt_suffix: str = ""
     max_new_tokens: int = 48
 
     def check(self, records: list[dict], source: str) -> None:
@@ -86,7 +94,7 @@ class CaptionTask:
                 raise ValueError(f"{source}: record {rec['id']!r} has no 'caption' or 'captions'")
 
     def prompt(self, rec: dict) -> str:
-        return self.prompt_template
+        return self.prompt_template + self.prompt_suffix
 
     def references(self, rec: dict) -> list[str]:
         if "captions" in rec:
@@ -113,13 +121,14 @@ class POPETask:
     name: str = "pope"
     default_file: str = "pope_val.jsonl"
     prompt_template: str = "{question}"
+    prompt_suffix: str = SHORT_ANSWER
     max_new_tokens: int = 4
 
     def check(self, records: list[dict], source: str) -> None:
         _require(records, {"id", "question", "answer"}, self.name, source)
 
     def prompt(self, rec: dict) -> str:
-        return self.prompt_template.format(question=rec["question"])
+        return self.prompt_template.format(question=rec["question"]) + self.prompt_suffix
 
     def references(self, rec: dict) -> list[str]:
         return [str(rec["answer"])]
