@@ -50,10 +50,12 @@ def check_prompt_suffixes(suffixes: dict[str, str], tasks) -> None:
         raise ValueError(f"prompt suffixes for tasks not evaluated: {unknown} (tasks: {sorted(tasks)})")
 
 
-def prompt_settings(task, template) -> dict:
-    """What results.json records of a task's prompt: its suffix and the template's name (or fields)."""
+def prompt_settings(task, module, decoding: Decoding) -> dict:
+    """What results.json records of a task's prompt: its suffix and the template's name (or fields);
+    nothing for a contrastive task (a CLIP module has no chat template)."""
     if is_contrastive(task):
         return {}
+    template = prompt_template(module, decoding)
     return {"suffix": task.prompt_suffix, "template": template.name or asdict(template)}
 
 
@@ -163,7 +165,6 @@ def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Pat
     """Generate and score every task; writes results.json and the per-sample files."""
     decoding = decoding or Decoding()
     check_prompt_suffixes(decoding.prompt_suffix, task_files)
-    template = prompt_template(module, decoding)
     results: dict = {}
     rows_by_task: dict[str, list[dict]] = {}
     prompts: dict[str, dict] = {}
@@ -171,7 +172,7 @@ def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Pat
         task = make_task(name, decoding.prompt_suffix.get(name))
         records = load_task_records(task, path, limit)
         results[name], rows_by_task[name] = _run_task(module, task, records, Path(path).parent, decoding)
-        prompts[name] = prompt_settings(task, template)
+        prompts[name] = prompt_settings(task, module, decoding)
         log.info("%s: %s", name, results[name])
     config = getattr(module, "chimera_config", None)
     results["meta"] = _meta(model=type(module.model).__name__, checkpoint=checkpoint, config_hash=config_hash(config),
