@@ -46,16 +46,26 @@ def _outputs(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
+def _fit_with_wandb(config: Path) -> None:
+    """A fit, then its W&B run closed (W&B keeps one run per process open; the next test's logger would reuse it)."""
+    import wandb
+
+    try:
+        main(["fit", "--config", str(config)])
+    finally:
+        wandb.finish()
+
+
 def test_runs_with_wandb_never_overwrite_each_other(world, tmp_path):
     for name, lr in (("a", 1e-3), ("b", 2e-3)):
         cfg = experiment_config(world, tmp_path, max_steps=2, logger=_wandb(tmp_path))
         cfg["model"]["init_args"]["lr"] = lr
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-    main(["fit", "--config", str(tmp_path / "a.yaml")])
+    _fit_with_wandb(tmp_path / "a.yaml")
     first = _outputs(tmp_path / "a" / "version_0")
-    main(["fit", "--config", str(tmp_path / "b.yaml")])
+    _fit_with_wandb(tmp_path / "b.yaml")
     # the saved config reruns the same experiment into its next folder
-    main(["fit", "--config", str(tmp_path / "a" / "version_0" / "config.yaml")])
+    _fit_with_wandb(tmp_path / "a" / "version_0" / "config.yaml")
     runs = {"a0": tmp_path / "a" / "version_0", "b0": tmp_path / "b" / "version_0", "a1": tmp_path / "a" / "version_1"}
     outputs = {k: _outputs(run) for k, run in runs.items()}
     for key, files in outputs.items():
@@ -66,7 +76,7 @@ def test_runs_with_wandb_never_overwrite_each_other(world, tmp_path):
     assert lrs == {"a0": 1e-3, "b0": 2e-3, "a1": 1e-3}
     assert yaml.safe_load(outputs["a1"]["config.yaml"])["run"]["name"] == "a"
     assert os.readlink(tmp_path / "a" / "latest") == "version_1"
-    assert list((tmp_path / "wandb").glob("offline-run-*"))  # W&B keeps its own folder beside them
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 3  # W&B keeps its own folders beside them
 
 
 def test_validate_without_logger_writes_only_its_run_folder(world, tmp_path):
