@@ -126,3 +126,24 @@ def test_resume_continues_in_its_run_folder_with_one_metrics_curve(world, tmp_pa
     assert [losses[0], losses[1]] == [before[0], before[1]]  # kept from the first attempt
     attempts = json.loads((run / "run.json").read_text())["attempts"]
     assert [a["ckpt_path"] for a in attempts] == [None, str(run / "checkpoints" / "last.ckpt")]
+
+
+def _decide_in(env: dict, root: Path) -> subprocess.CompletedProcess:
+    """`decide` in a fresh process with a launcher's environment (as a rank it started sees it)."""
+    code = ("import sys; from train.run_dir import RunSettings, decide; "
+            "print(decide(RunSettings(root=sys.argv[1]), None, None, 'exp', None))")
+    clean = {k: v for k, v in os.environ.items() if k not in
+             ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "CHIMERA_RUN_DIR")}
+    return subprocess.run([sys.executable, "-c", code, str(root)], env={**clean, "PYTHONPATH": str(REPO), **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_every_rank_of_a_launch_agrees_on_the_folder(tmp_path):
+    inherited = _decide_in({"LOCAL_RANK": "1", "CHIMERA_RUN_DIR": str(tmp_path / "exp" / "version_7")}, tmp_path)
+    assert inherited.stdout.strip() == str(tmp_path / "exp" / "version_7")  # what Lightning's rank 0 chose
+    for rank in ("0", "1"):  # torchrun: every rank, rank 0 included, names the job's folder
+        torchrun = _decide_in({"RANK": rank, "TORCHELASTIC_RUN_ID": "abc"}, tmp_path)
+        assert torchrun.stdout.strip() == str(tmp_path / "exp" / "job-abc"), torchrun.stderr
+    untold = _decide_in({"RANK": "1"}, tmp_path)
+    assert untold.returncode != 0 and "rank 1 but was not told its run folder" in untold.stderr
+    assert not (tmp_path / "exp").exists()  # no rank but the deciding one creates a folder

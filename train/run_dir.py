@@ -12,8 +12,8 @@
   outputs (`runs/llava_shapes_tiny/latest/checkpoints/last.ckpt`) without a fixed shared path.
 
 Only the launching process decides. Ranks that Lightning starts inherit its folder through
-CHIMERA_RUN_DIR, and ranks that torchrun starts agree on `job-<run id>`, so no rank needs a
-collective to learn it (`trainer.log_dir` is one; see train/distributed.py).
+CHIMERA_RUN_DIR, and ranks that torchrun or a multi-task srun start agree on `job-<id>`, so no
+rank needs a collective to learn it (`trainer.log_dir` is one; see train/distributed.py).
 """
 
 from __future__ import annotations
@@ -64,7 +64,17 @@ def run_folder(trainer: L.Trainer) -> Path:
 
 def process_rank() -> int:
     """Nonzero in a process some launcher started as another rank (it must not decide)."""
-    return max(int(os.environ.get(k) or 0) for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return max(int(os.environ.get(k) or 0) for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def launcher_job() -> str | None:
+    """An id that every rank of a job started by torchrun or by a multi-task srun shares."""
+    torchrun = os.environ.get("TORCHELASTIC_RUN_ID")
+    if torchrun and torchrun != "none":
+        return torchrun
+    if int(os.environ.get("SLURM_NTASKS") or 1) > 1 and os.environ.get("SLURM_JOB_ID"):
+        return f"{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
+    return None
 
 
 def owning_run(ckpt_path: str | Path | None) -> Path | None:
@@ -102,8 +112,8 @@ def decide(settings: RunSettings, logger_dir: str | None, logger_name: str | Non
         return resumed
     parent = Path(os.path.abspath(settings.root or logger_dir or "runs")) / (settings.name or logger_name
                                                                             or config_name or "default")
-    job = os.environ.get("TORCHELASTIC_RUN_ID")
-    if job and job != "none":
+    job = launcher_job()
+    if job:
         return parent / f"job-{job}"
     if process_rank() > 0:
         raise RuntimeError(f"this process is rank {process_rank()} but was not told its run folder: "
