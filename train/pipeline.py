@@ -126,6 +126,8 @@ def resolved_fit_config(stage: dict, stage_dir: Path, log=print) -> dict:
         set_dotted(cfg, key, value)
     cfg["run"] = {**(cfg.get("run") or {}), "dir": str(stage_dir)}
     trainer = cfg.setdefault("trainer", {})
+    if not trainer.get("logger"):  # the report draws its curves from the stage's metrics.csv
+        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger"}
     ours = {"dirpath": str(stage_dir / "checkpoints"), "save_last": True,
             "every_n_train_steps": int(stage.get("checkpoint_every", 100))}
     callbacks = []
