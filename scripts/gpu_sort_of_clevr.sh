@@ -17,4 +17,4 @@ python3 -c "from train.cli import main; main()" fit --config configs/experiments
   --model.init_args.model.init_args.language.init_args.tokenizer /tmp/soc/tokenizer \
   --data.init_args.train_json /tmp/soc/train.json --data.init_args.val_qa /tmp/soc/val_qa.jsonl \
   --model.init_args.warmup_ratio 0.005 --data.init_args.num_workers 8 2>&1 | grep -v Warning | tee "$OUT/fit.log"
-cp "$OUT"/llava_sort_of_clevr_tiny/version_0/metrics.csv "$OUT/metrics.csv"
+cp "$OUT"/llava_sort_of_clevr_tiny/latest/metrics.csv "$OUT/metrics.csv"

@@ -11,6 +11,7 @@ from models.peft import LoRA
 from tests.tiny import experiment_config, tiny_world
 from train.checkpoint import build_module, load_module
 from train.cli import main
+from train.run_metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +97,11 @@ def test_qlora_fit_resume_reload_and_merge(world, tmp_path, sft_ckpt):
     again = load_module(ckpt)
     adapted = _logits(module, batch)
     assert torch.equal(adapted, _logits(again, batch))
-    # resume the run from its checkpoint for 2 more steps
+    # resume the run from its checkpoint for 2 more steps (in its own run folder: the metrics so far kept aside)
     main(["fit", "--config", str(path), "--trainer.max_steps", "12", "--ckpt_path", str(ckpt)])
-    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "peft" / "version_1" / "metrics.csv"))
-             if r.get("train/loss")]
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/loss")]
     assert steps == [10, 11]  # continued from the checkpoint's step, not from 0
+    assert [int(r["step"]) for r in read_metrics(run) if r.get("train/loss")] == list(range(12))
     # merge: a dense checkpoint whose logits match the 4-bit adapter model's
     main(["merge", "--ckpt", str(ckpt), "--out", str(tmp_path / "merged")])
     merged = load_module(tmp_path / "merged" / "merged.ckpt")

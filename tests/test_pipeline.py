@@ -1,14 +1,31 @@
 """Pipelines: stages run in order into their own folders, finished stages are skipped, an
-interrupted fit resumes from its last checkpoint, a failing stage keeps earlier outputs, and
-the report has one row per variant."""
+interrupted fit resumes from its last checkpoint (with one metrics curve) unless its spec changed,
+`--only` refuses missing or stale upstream stages, the experiment's own checkpoint callbacks are
+kept, a failing stage keeps earlier outputs, and the report has one row per variant."""
 
 import json
+from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 import yaml
 
 from tests.tiny import experiment_config
-from train.pipeline import Pipeline, set_dotted
+from train.pipeline import Pipeline, resolved_fit_config, set_dotted
+from train.run_metrics import read_metrics
+
+
+class CrashOnce(L.Callback):
+    """Fails the run when training reaches step `n`, the first time only (it leaves `flag` behind)."""
+
+    def __init__(self, n: int, flag: str) -> None:
+        self.n, self.flag = n, Path(flag)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.n and not self.flag.exists():
+            self.flag.touch()
+            raise RuntimeError(f"crash at step {self.n}")
 
 
 def _pipeline(tmp_path, steps=4, bad_stage=False):
@@ -42,6 +59,9 @@ def test_pipeline_runs_skips_and_reports(tmp_path):
     for stage in ("data", "sft", "eval_sft", "report"):
         assert (out / stage / "complete.json").is_file(), stage
     assert (out / "sft" / "checkpoints" / "last.ckpt").is_file()
+    for name in ("config.yaml", "metrics.csv", "run.json", "started.json"):  # the stage folder is its run folder
+        assert (out / "sft" / name).is_file(), name
+    assert len(list((out / "sft" / "predictions").glob("*.jsonl"))) == 1
     results = json.loads((out / "eval_sft" / "results.json").read_text())
     assert results["vqa"]["n"] == 16  # 4 val images x 2 x 2 questions
     report = (out / "report" / "report.md").read_text()
@@ -64,6 +84,8 @@ def test_an_edited_config_reruns_its_stage_and_what_reads_it(tmp_path):
     exp = yaml.safe_load(exp_path.read_text())
     exp["model"]["init_args"]["lr"] = 1e-4  # the experiment file changes, the pipeline file does not
     exp_path.write_text(yaml.safe_dump(exp))
+    with pytest.raises(ValueError, match=r"^--only: 'eval_sft' reads 'sft', which is stale \(its spec, configs"):
+        Pipeline(path, log=lambda m: None).run(only=["eval_sft"])
     logs = []
     Pipeline(path, log=logs.append).run()
     assert "[pipeline] data: complete, skipped" in logs
@@ -77,21 +99,83 @@ def test_an_edited_config_reruns_its_stage_and_what_reads_it(tmp_path):
     assert (out / "sft" / "checkpoints" / "last.ckpt").read_bytes() != before
 
 
-def test_interrupted_fit_resumes_from_last_checkpoint(tmp_path):
-    path = _pipeline(tmp_path, steps=4)
-    Pipeline(path, log=lambda m: None).run(only=["data", "sft"])
-    out = tmp_path / "out"
-    # pretend the fit was cut off after its checkpoint at step 2..4: drop the completion marker
-    (out / "sft" / "complete.json").unlink()
+def _crashing_pipeline(tmp_path, user_checkpoint: dict | None = None):
+    """data + sft (6 steps, checkpoint every 2) whose fit fails at step 3 the first time."""
+    path = _pipeline(tmp_path, steps=6)
     spec = yaml.safe_load(path.read_text())
-    spec["stages"][1]["set"]["trainer.max_steps"] = 6  # and let it run further
+    callbacks = [user_checkpoint] if user_checkpoint else []
+    callbacks.append({"class_path": "tests.test_pipeline.CrashOnce",
+                      "init_args": {"n": 3, "flag": str(tmp_path / "crashed")}})
+    spec["stages"][1]["set"]["trainer.callbacks"] = callbacks
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(RuntimeError, match="crash at step 3"):
+        Pipeline(path, log=lambda m: None).run(only=["data", "sft"])
+    return path
+
+
+def test_interrupted_fit_resumes_with_one_metrics_curve_and_keeps_user_checkpoints(tmp_path):
+    user = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"every_n_train_steps": 3, "save_top_k": -1, "dirpath": str(tmp_path / "elsewhere")}}
+    path = _crashing_pipeline(tmp_path, user)
+    sft = tmp_path / "out" / "sft"
+    assert json.loads((sft / "started.json").read_text())["kind"] == "fit" and not (sft / "complete.json").exists()
+    logs = []
+    Pipeline(path, log=logs.append).run(only=["data", "sft"])
+    assert f"[pipeline] sft: resuming from {sft / 'checkpoints' / 'last.ckpt'}" in logs
+    assert torch.load(sft / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    losses = [int(r["step"]) for r in read_metrics(sft) if r.get("train/loss")]
+    assert losses == [0, 1, 2, 3, 4, 5]  # the steps before the crash and after the resume, once each
+    assert (sft / "metrics.attempt0.csv").is_file()
+    user_dir = sft / "checkpoints" / "callback0"
+    assert any(f"[pipeline] sft: keeping your ModelCheckpoint (callbacks[0]); its checkpoints go to {user_dir}"
+               == line for line in logs)
+    assert any("step=6" in p.name for p in user_dir.glob("*.ckpt")) and not (tmp_path / "elsewhere").exists()
+
+
+def test_interrupted_fit_whose_spec_changed_starts_afresh(tmp_path):
+    path = _crashing_pipeline(tmp_path)
+    out = tmp_path / "out"
+    started = json.loads((out / "sft" / "started.json").read_text())["spec_hash"]
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"][1]["set"]["trainer.max_steps"] = 4
     path.write_text(yaml.safe_dump(spec))
     logs = []
-    Pipeline(path, log=logs.append).run(only=["sft"])
-    assert any("resuming from" in line for line in logs)
-    import torch
+    Pipeline(path, log=logs.append).run(only=["data", "sft"])
+    assert not any("resuming" in line for line in logs)
+    partial = out / f"sft.partial-{started}"
+    assert any(line.startswith("[pipeline] sft: interrupted, and its spec") and str(partial) in line for line in logs)
+    assert torch.load(partial / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2  # kept
+    assert torch.load(out / "sft" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert [int(r["step"]) for r in read_metrics(out / "sft") if r.get("train/loss")] == [0, 1, 2, 3]
 
-    assert torch.load(out / "sft" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+
+def test_only_refuses_missing_upstream_stages(tmp_path):
+    path = _pipeline(tmp_path)
+    with pytest.raises(ValueError) as err:
+        Pipeline(path, log=lambda m: None).run(only=["eval_sft"])
+    assert str(err.value) == ("--only: 'eval_sft' reads 'data', which is missing; 'eval_sft' reads 'sft', which is "
+                              "missing. Run those stages too (add them to --only, or run the whole pipeline).")
+    with pytest.raises(ValueError, match="no stage named 'sfft'"):
+        Pipeline(path, log=lambda m: None).run(only=["sfft"])
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_user_checkpoint_with_the_stage_schedule_writes_the_stage_checkpoints(tmp_path):
+    exp = {"trainer": {"callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"every_n_train_steps": 100, "filename": "{step}", "dirpath": "/shared/ckpts"}},
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}]}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    logs = []
+    cfg = resolved_fit_config({"name": "sft", "fit": str(tmp_path / "exp.yaml")}, tmp_path / "sft", logs.append)
+    assert cfg["run"] == {"dir": str(tmp_path / "sft")}
+    assert cfg["trainer"]["callbacks"] == [  # Lightning refuses two with one schedule: the user's does both jobs
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"every_n_train_steps": 100, "filename": "{step}", "dirpath": str(tmp_path / "sft" / "checkpoints"),
+                       "save_last": True}},
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}]
+    assert logs == [f"[pipeline] sft: your ModelCheckpoint (callbacks[0]) saves on the stage's schedule; it writes "
+                    f"the stage's last.ckpt, in {tmp_path / 'sft' / 'checkpoints'}"]
 
 
 def test_failing_stage_keeps_earlier_outputs(tmp_path):

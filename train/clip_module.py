@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from models.clip import ContrastiveDualEncoder
 from train.evaluation.retrieval_metric import recall_at_k
 from train.checkpoint import self_contained
+from train.run_dir import run_folder
 from train.schedule import warmup_cosine
 from train.guards import check_finite_loss
 
@@ -88,8 +89,8 @@ class CLIPModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_end(self) -> None:
-        # `trainer.log_dir` is a collective: every rank reads it, then rank 0 writes
-        path = Path(self.export_path) if self.export_path else Path(self.trainer.log_dir or ".") / "open_clip.pt"
+        # the run folder may take a collective (train/run_dir.py): every rank reads it, then rank 0 writes
+        path = Path(self.export_path) if self.export_path else run_folder(self.trainer) / "open_clip.pt"
         if not self.trainer.is_global_zero:
             return
         self.model.save_checkpoint(path)

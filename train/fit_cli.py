@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +13,9 @@ from lightning.pytorch.cli import LightningCLI
 from models.safe_load import safe_load
 from models.sharded_checkpoint import META_FILE, is_sharded_checkpoint
 from train.fit_errors import ChimeraArgumentParser
+from train.run_config import RunConfigSaver
+from train.run_dir import ENV, RunFolder, RunSettings, decide, open_attempt, point_latest, process_rank
+from train.run_metrics import keep_earlier_metrics
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
@@ -23,7 +28,52 @@ def _to_dict(value):
     return value
 
 
+def _logger_entries(trainer) -> list[Namespace]:
+    value = trainer.get("logger")
+    return [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, Namespace)]
+
+
+FOLDER_LOGGERS = ("CSVLogger", "TensorBoardLogger")  # loggers whose folder is save_dir/name/version
+
+
 class ChimeraCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(RunSettings, "run", help="where this run writes (train/run_dir.py)")
+
+    def before_instantiate_classes(self) -> None:
+        """Decide the run's folder (train/run_dir.py) and point folder-keeping loggers into it."""
+        sub = self.subcommand
+        config = self.config[sub] if sub else self.config
+        loggers = _logger_entries(config.trainer)
+        args = [lg.get("init_args") or Namespace() for lg in loggers]
+        logger_dir = next((a.get("save_dir") for a in args if a.get("save_dir")), None)
+        logger_name = next((a.get("name") for lg, a in zip(loggers, args)
+                            if str(lg.class_path).endswith(FOLDER_LOGGERS) and a.get("name")
+                            and a.get("name") != "lightning_logs"), None)
+        files = config.get("config") or []
+        resume_from = config.get("ckpt_path") if sub == "fit" else None
+        run = config.get("run") or Namespace()
+        settings = RunSettings(root=run.get("root"), name=run.get("name"), dir=run.get("dir"))
+        path = decide(settings, logger_dir, logger_name, Path(str(files[0])).stem if files else None,
+                      resume_from)
+        as_given = copy.deepcopy(config)
+        if not settings.dir:  # a rerun from the saved config is the same experiment (new version)
+            as_given.run.name = settings.name or path.parent.name
+        self.save_config_kwargs = {**self.save_config_kwargs, "as_given": as_given}
+        self.run_attempt = 0
+        if process_rank() == 0:
+            self.run_attempt = open_attempt(path, sub or "fit", resume_from)
+            if self.run_attempt > 0:
+                keep_earlier_metrics(path)
+            if sub == "fit" and not settings.dir:
+                point_latest(path)
+            os.environ[ENV] = str(path)  # the ranks Lightning launches inherit the folder
+        self.run_path = path
+        for lg, a in zip(loggers, args):
+            if str(lg.class_path).endswith(FOLDER_LOGGERS):
+                a.save_dir, a.name, a.version = str(path.parent.parent), path.parent.name, path.name
+                lg.init_args = a
+
     def parse_arguments(self, parser, args) -> None:
         """A `--ckpt_path` that is missing, truncated or not data fails here, in one line naming it,
         before anything is built (Lightning would first read it raw, then build, then load)."""
@@ -38,16 +88,31 @@ class ChimeraCLI(LightningCLI):
         super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.model.chimera_config = _to_dict(config["model"])
+        self.trainer.callbacks.append(RunFolder(self.run_path, self.run_attempt))
+        for callback in self.trainer.checkpoint_callbacks:  # Lightning's default one included
+            if callback.dirpath is None:
+                callback.dirpath = str(self.run_path / "checkpoints")
 
 
 def run_lightning_cli(args: list[str] | None) -> None:
+    inherited = os.environ.get(ENV)
+    try:
+        _cli(args)
+    finally:  # the folder is for this run's ranks, not for the next command in this process
+        if inherited is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = inherited
+
+
+def _cli(args: list[str] | None) -> None:
     ChimeraCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfigSaver,  # config.yaml into the run folder (train/run_config.py)
         trainer_defaults={
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
             # checkpoints are saved atomically and read as data only (train/checkpoint_io.py)

@@ -168,7 +168,9 @@ class VLMModule(L.LightningModule):
         # counted before a sharding strategy (FSDP) wraps the model: afterwards a rank holds a shard
         self._parameter_counts = self.parameter_table()
         self._decays = {canonical_name(n): p.ndim >= 2 for n, p in self.model.named_parameters()}
-        self._run_dir = self.trainer.log_dir  # a collective: read here, where every rank runs
+        from train.run_dir import run_folder
+
+        self._run_dir = run_folder(self.trainer)  # may be a collective (train/run_dir.py): read where every rank runs
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()

@@ -5,9 +5,13 @@ Every stage writes into `<out>/<stage name>/`. A stage that finished writes `com
 with a digest of what it was run from: its resolved spec, the text of the config files it
 names, and the digests of the stages it reads from. It is skipped while that digest holds;
 when it changes (an edited experiment YAML, a changed upstream stage) the stage runs afresh
-and its old folder is kept beside it as `<stage name>.previous-<digest>`. A fit stage that was
-interrupted resumes from `<stage>/checkpoints/last.ckpt`. A failing stage leaves earlier
-stages' outputs untouched, so rerunning picks up where it stopped.
+and its old folder is kept beside it as `<stage name>.previous-<digest>`. A stage records its digest
+in `started.json` before it runs: an interrupted fit stage with the same digest resumes from
+`<stage>/checkpoints/last.ckpt` (its metrics before and after the resume stay one curve,
+train/run_metrics.py); one whose digest changed starts afresh, the partial run kept as
+`<stage name>.partial-<digest>`. `--only` runs named stages once every stage they read from has
+finished from its current spec (else it names those). A failing stage leaves earlier stages'
+outputs untouched, so rerunning picks up where it stopped.
 
 Pipeline YAML:
     out: runs/demo
@@ -99,26 +103,51 @@ def one_process(trainer: dict) -> bool:
     return single and int(nodes) == 1
 
 
-def resolved_fit_config(stage: dict, stage_dir: Path) -> dict:
-    """The experiment config with the stage's overrides, logging into the stage directory and
-    checkpointing `last.ckpt` there (so the pipeline can resume and later stages can find it)."""
+def _is_checkpoint_callback(callback) -> bool:
+    return isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("ModelCheckpoint")
+
+
+def _triggers(init_args: dict) -> tuple:
+    """What decides when a ModelCheckpoint saves; Lightning refuses two callbacks that share it."""
+    return (init_args.get("monitor"), init_args.get("every_n_train_steps"), init_args.get("every_n_epochs"),
+            init_args.get("train_time_interval"))
+
+
+def resolved_fit_config(stage: dict, stage_dir: Path, log=print) -> dict:
+    """The experiment config with the stage's overrides, running in the stage directory (`run.dir`,
+    train/run_dir.py) and checkpointing `last.ckpt` into `<stage>/checkpoints` (so the pipeline can
+    resume and later stages can find it). The experiment's own ModelCheckpoints are kept, each
+    writing into `<stage>/checkpoints/callback<i>` (so stages never share a checkpoint folder)."""
     path = Path(stage["fit"])
     if not path.is_file():
         raise FileNotFoundError(f"stage {stage['name']!r}: experiment config not found: {path}")
     cfg = yaml.safe_load(path.read_text())
     for key, value in (stage.get("set") or {}).items():
         set_dotted(cfg, key, value)
+    cfg["run"] = {**(cfg.get("run") or {}), "dir": str(stage_dir)}
     trainer = cfg.setdefault("trainer", {})
-    logger = trainer.get("logger") or {"class_path": "lightning.pytorch.loggers.CSVLogger"}
-    if isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("CSVLogger"):
-        logger["init_args"] = {**(logger.get("init_args") or {}), "save_dir": str(stage_dir), "name": "logs",
-                               "version": 0}
-    trainer["logger"] = logger
-    callbacks = [c for c in trainer.get("callbacks") or []
-                 if not str(c.get("class_path", "")).endswith("ModelCheckpoint")]
-    callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                      "init_args": {"dirpath": str(stage_dir / "checkpoints"), "save_last": True,
-                                    "every_n_train_steps": int(stage.get("checkpoint_every", 100))}})
+    if not trainer.get("logger"):  # the report draws its curves from the stage's metrics.csv
+        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger"}
+    ours = {"dirpath": str(stage_dir / "checkpoints"), "save_last": True,
+            "every_n_train_steps": int(stage.get("checkpoint_every", 100))}
+    callbacks = []
+    for i, callback in enumerate(trainer.get("callbacks") or []):
+        if not _is_checkpoint_callback(callback):
+            callbacks.append(callback)
+            continue
+        args = dict(callback.get("init_args") or {})
+        if ours is not None and _triggers(args) == _triggers(ours):
+            args.update(dirpath=ours["dirpath"], save_last=True)
+            ours = None
+            log(f"[pipeline] {stage['name']}: your ModelCheckpoint (callbacks[{i}]) saves on the stage's "
+                f"schedule; it writes the stage's last.ckpt, in {args['dirpath']}")
+        else:
+            args["dirpath"] = str(stage_dir / "checkpoints" / f"callback{i}")
+            log(f"[pipeline] {stage['name']}: keeping your ModelCheckpoint (callbacks[{i}]); its checkpoints "
+                f"go to {args['dirpath']}")
+        callbacks.append({**callback, "init_args": args})
+    if ours is not None:
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": ours})
     trainer["callbacks"] = callbacks
     return cfg
 
@@ -154,34 +183,71 @@ class Pipeline:
         self.dirs = {"out": str(self.out), **{s["name"]: str(self.out / s["name"]) for s in self.spec["stages"]}}
         self.log = log
         self.digests: dict[str, str] = {}
+        self.upstream: dict[str, list[str]] = {}
         for raw in self.spec["stages"]:  # in order, so every upstream digest is known
             text = json.dumps(raw, default=str)
             upstream = {n: d for n, d in self.digests.items()
                         if "{" + n + "}" in text or "report" in raw}  # a report reads every stage before it
+            self.upstream[raw["name"]] = list(upstream)
             self.digests[raw["name"]] = _spec_hash(_substitute(copy.deepcopy(raw), self.dirs), upstream)
 
     def stage_dir(self, name: str) -> Path:
         return Path(self.dirs[name])
 
+    def _digest_in(self, name: str, marker: str) -> str | None:
+        path = self.stage_dir(name) / marker
+        return json.loads(path.read_text()).get("spec_hash") if path.is_file() else None
+
     def _finished_digest(self, name: str) -> str | None:
-        marker = self.stage_dir(name) / "complete.json"
-        return json.loads(marker.read_text()).get("spec_hash") if marker.is_file() else None
+        return self._digest_in(name, "complete.json")
 
     def is_complete(self, stage: dict) -> bool:
         return self._finished_digest(stage["name"]) == self.digests[stage["name"]]
 
-    def _set_aside(self, name: str, old: str) -> None:
-        """A finished stage whose digest changed: keep its outputs beside the new run's."""
+    def _set_aside(self, name: str, label: str, why: str) -> None:
+        """Keep a stage's earlier outputs beside the new run's, as `<name>.<label>`."""
         src = self.stage_dir(name)
-        dst = src.with_name(f"{name}.previous-{old}")
+        dst = src.with_name(f"{name}.{label}")
         k = 1
         while dst.exists():
-            dst, k = src.with_name(f"{name}.previous-{old}-{k}"), k + 1
+            dst, k = src.with_name(f"{name}.{label}-{k}"), k + 1
         src.rename(dst)
-        self.log(f"[pipeline] {name}: its spec, configs or inputs changed since it finished; "
-                 f"earlier outputs moved to {dst}")
+        self.log(f"[pipeline] {name}: {why}; earlier outputs moved to {dst}")
+
+    def _clear_stale(self, name: str) -> None:
+        """A stage folder not from this spec is set aside: finished (`previous-<digest>`) or
+        interrupted (`partial-<digest>`, its digest from `started.json`; `partial-unknown` without one)."""
+        folder, digest = self.stage_dir(name), self.digests[name]
+        finished, started = self._finished_digest(name), self._digest_in(name, "started.json")
+        if finished is not None:
+            self._set_aside(name, f"previous-{finished}", "its spec, configs or inputs changed since it finished")
+        elif started is not None and started != digest:
+            self._set_aside(name, f"partial-{started}", "interrupted, and its spec, configs or inputs changed since; "
+                                                        "it starts afresh")
+        elif started is None and folder.is_dir() and any(folder.iterdir()):
+            self._set_aside(name, "partial-unknown", "its folder holds a run with no record of its spec; "
+                                                     "it starts afresh")
+
+    def check_only(self, only: list[str]) -> None:
+        """`--only` runs just these stages: every stage they read from must be among them or have
+        finished from its current spec; otherwise it refuses, naming the missing and stale ones."""
+        unknown = [n for n in only if n not in self.digests]
+        if unknown:
+            raise ValueError(f"--only: no stage named {', '.join(map(repr, unknown))} (stages: {', '.join(self.digests)})")
+        problems = []
+        for name in only:
+            for up in self.upstream[name]:
+                if up in only or self.is_complete({"name": up}):
+                    continue
+                state = "missing" if self._finished_digest(up) is None else "stale (its spec, configs or inputs changed)"
+                problems.append(f"{name!r} reads {up!r}, which is {state}")
+        if problems:
+            raise ValueError("--only: " + "; ".join(problems) + ". Run those stages too (add them to --only, "
+                             "or run the whole pipeline).")
 
     def run(self, only: list[str] | None = None) -> None:
+        if only:
+            self.check_only(only)
         for raw in self.spec["stages"]:
             stage = _substitute(copy.deepcopy(raw), self.dirs)
             name = stage["name"]
@@ -190,14 +256,14 @@ class Pipeline:
             if self.is_complete(stage):
                 self.log(f"[pipeline] {name}: complete, skipped")
                 continue
-            old = self._finished_digest(name)
-            if old is not None:
-                self._set_aside(name, old)
+            self._clear_stale(name)
             stage_dir = self.stage_dir(name)
             stage_dir.mkdir(parents=True, exist_ok=True)
+            kind = next(k for k in STAGE_KINDS if k in stage)
+            # recorded before it runs: an interrupted stage resumes only from the same spec
+            (stage_dir / "started.json").write_text(json.dumps({"spec_hash": self.digests[name], "kind": kind}) + "\n")
             self.log(f"[pipeline] {name}: running")
             start = time.perf_counter()
-            kind = next(k for k in STAGE_KINDS if k in stage)
             getattr(self, f"_run_{kind}")(stage, stage_dir)
             seconds = time.perf_counter() - start
             (stage_dir / "complete.json").write_text(json.dumps(
@@ -250,7 +316,7 @@ class Pipeline:
         self.log(f"[pipeline] {stage['name']}: {summary['samples']} conversations, {summary['skipped']} skipped")
 
     def _run_fit(self, stage: dict, stage_dir: Path) -> None:
-        cfg = resolved_fit_config(stage, stage_dir)
+        cfg = resolved_fit_config(stage, stage_dir, self.log)
         path = stage_dir / "stage.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         last = stage_dir / "checkpoints" / "last.ckpt"  # a file, or a directory when FSDP saves it sharded

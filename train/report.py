@@ -5,12 +5,13 @@ links to the resolved configs, printed and written to `<report stage>/report.md`
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
 
 import yaml
+
+from train.run_metrics import read_metrics
 
 
 def _fit_info(stage_dir: Path) -> dict:
@@ -22,10 +23,10 @@ def _fit_info(stage_dir: Path) -> dict:
     if cfg_path.is_file():
         info["config"] = cfg_path
         info["architecture"] = describe_model(yaml.safe_load(cfg_path.read_text()))
-    metrics = stage_dir / "logs" / "version_0" / "metrics.csv"
-    if metrics.is_file():
-        rows = list(csv.DictReader(open(metrics)))
-        trainable = [float(v) for r in rows[:2] for k, v in r.items() if k.endswith("_trainable") and v]
+    rows = read_metrics(stage_dir)  # every attempt of the stage, one curve
+    if rows:
+        counts = next((r for r in rows if any(k.endswith("_trainable") for k in r)), {})  # logged at fit start
+        trainable = [float(v) for k, v in counts.items() if k.endswith("_trainable") and v]
         info["trainable"] = int(sum(trainable)) if trainable else None
         info["loss"] = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
     return info

@@ -19,10 +19,11 @@ from train.evaluation.decoding import Decoding
 from data.templates import TemplateName
 from train.evaluation.runner import check_prompt_suffixes, evaluate_model, make_task
 from train.evaluation.wandb_log import flat_metrics, log_eval_to_wandb
+from train.run_dir import run_folder
 
 
 class EvalAtFitEnd(L.Callback):
-    """Runs `chimera eval`'s tasks on the trained model; writes `<log_dir>/eval/` unless `out` is set.
+    """Runs `chimera eval`'s tasks on the trained model; writes `<run folder>/eval/` unless `out` is set.
 
     Args:
         tasks: task names (vqa, caption, pope).
@@ -45,8 +46,8 @@ class EvalAtFitEnd(L.Callback):
                                  template=template, prompt_suffix=prompt_suffix)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # `trainer.log_dir` is a collective: every rank reads it, then rank 0 evaluates
-        out = Path(self.out) if self.out else Path(trainer.log_dir or ".") / "eval"
+        # the run folder may take a collective (train/run_dir.py): every rank reads it, then rank 0 evaluates
+        out = Path(self.out) if self.out else run_folder(trainer) / "eval"
         if not trainer.is_global_zero:
             return
         val_qa = getattr(trainer.datamodule, "val_qa", None)
