@@ -64,12 +64,16 @@ class DPOModule(VLMModule):
 
     token_weighted_loss = False  # a loss per preference pair, not per token
 
+    def _zero_loss(self, batch_idx: int) -> torch.Tensor:
+        """VLMModule's zero loss, replaying the last good pairs through the policy's log-probabilities."""
+        if self._last_good is None:
+            return zero_through_parameters(self)
+        return self.model.sequence_logprobs(*self._last_good).sum() * 0.0
+
     def training_step(self, batch: dict, batch_idx: int):
         self.count_unused(batch)
         if "input_ids" not in batch:  # every pair unreadable: a zero loss every rank steps through
-            if self._last_good is None:
-                return zero_through_parameters(self)
-            return self.model.sequence_logprobs(*self._last_good).sum() * 0.0
+            return self._zero_loss(batch_idx)
         args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
         self._last_good = args
         self.data_guard.add_targets(batch["num_targets"])

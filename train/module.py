@@ -125,6 +125,7 @@ class VLMModule(L.LightningModule):
         self._last_val: dict | None = None  # the last readable val batch, replayed when sharded
         self.data_guard = DataGuard(max_skip_fraction)  # also counts the target tokens the loss weights by
         self._run_dir: str | None = None
+        self._decays: dict[str, bool] = {}  # parameter name -> decays, decided in `setup` before wrapping
         if init_from is not None:
             load_model_weights(model, init_from)
         adapted = getattr(model.language, "adapter", None) is not None or getattr(model.language, "quantization", None)
@@ -198,8 +199,7 @@ class VLMModule(L.LightningModule):
         sources = split_sources(batch)
         for _, part in sources.values():
             self.count_unused(part)
-        for _, part in sources.values():  # collators count on the host (data.collate.count_targets)
-            if "labels" in part and "num_targets" not in part:
+            if "labels" in part and "num_targets" not in part:  # our collators count on the host
                 part["num_targets"] = count_targets(part["labels"])
         usable = {k: v for k, v in sources.items() if v[1].get("num_targets", 0) > 0}
         if not usable:
@@ -334,8 +334,7 @@ class VLMModule(L.LightningModule):
     def _decays_weight(self, name: str, p: nn.Parameter) -> bool:
         """Matrices decay, biases and norms do not: decided on the shapes before any wrapping, since
         FSDP (`use_orig_params`) hands the optimizer flat 1-D shards."""
-        decays = getattr(self, "_decays", None)
-        return decays[canonical_name(name)] if decays else p.ndim >= 2
+        return self._decays[canonical_name(name)] if self._decays else p.ndim >= 2
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from train.checkpoint import self_contained
