@@ -91,12 +91,14 @@ class ReadChecked:
                 usable += 1
             except Rejected as exn:
                 item = Dropped(key, str(exn))
-                reasons[f"dropped: {exn}"] += 1
+                if not usable:  # reasons only serve the fail-fast error, which needs none after that
+                    reasons[f"dropped: {exn}"] += 1
             except Exception as exn:  # noqa: BLE001 - a corrupt sample must not end the run
                 item = None
                 reason = f"{type(exn).__name__}: {exn}"
                 self.skips(key, reason)
-                reasons[reason[:200]] += 1
+                if not usable:
+                    reasons[reason[:200]] += 1
             if not usable:  # only until the first usable sample: a json may hold megabytes of images
                 found[signature(sample)] += 1
                 if read >= self.first_n:

@@ -246,15 +246,18 @@ class LanguageModel(nn.Module):
         so a frozen LM (kept in eval: no dropout) would store every activation that gradients flow
         back through (LLaVA's projector alignment). Its checkpointed decoder layers report training
         themselves, their submodules (attention, MLP, dropout) stay in eval: recompute, no dropout."""
-        for layer in decoder_layers(self.model):
-            if getattr(layer, "gradient_checkpointing", False):
-                layer.training = True
+        layers = self.__dict__.get("_checkpointed_layers")  # found once: this runs every step
+        if layers is None:
+            layers = [m for m in decoder_layers(self.model) if getattr(m, "gradient_checkpointing", False)]
+            self.__dict__["_checkpointed_layers"] = layers
+        for layer in layers:
+            layer.training = True
 
     def architecture(self) -> dict:
         """Constructor arguments that rebuild this LM with no file: its transformers config (random
         init; a checkpoint's state_dict then brings the weights) and its tokenizer as data. The other
         arguments (adapter, quantization, dtype, ...) stay as configured."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        base = base_model(self.model)
         config = base.config.to_diff_dict()
         for key in _NOT_ARCHITECTURE:
             config.pop(key, None)
@@ -285,6 +288,7 @@ class LanguageModel(nn.Module):
         dense_dtype = self.model.get_input_embeddings().weight.dtype
         self.model = merge_lora(self.model, dense_dtype)
         self.adapter, self.quantization = None, None
+        self.__dict__.pop("_checkpointed_layers", None)  # found again in the merged model
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Add special tokens (e.g. Flamingo's `<|endofchunk|>`) if missing, resize the
@@ -342,7 +346,7 @@ class LanguageModel(nn.Module):
         if self.adapter is None:
             self.model.save_pretrained(out_dir)
         else:
-            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            base = base_model(self.model)
             # written directly: transformers' save_pretrained ignores `state_dict` for quantised models
             base.config.save_pretrained(out_dir)
             if base.generation_config is not None:

@@ -95,11 +95,13 @@ class PerceiverResampler(Connector):
             x = x + self.frame_embs[:Fr, None]
         x = x.reshape(B, T, Fr * N, D)
         if self.media_time_embs is not None:
-            if media_index is None:
+            limit = self.media_time_embs.shape[0]
+            if media_index is None:  # checked on the shape: no device sync
+                if T > limit:
+                    raise ValueError(f"media number {T} of a row but max_num_media={limit}")
                 media_index = torch.arange(T, device=x.device).expand(B, T)
-            if media_index.numel() and int(media_index.max()) >= self.media_time_embs.shape[0]:
-                raise ValueError(f"media number {int(media_index.max()) + 1} of a row but "
-                                 f"max_num_media={self.media_time_embs.shape[0]}")
+            elif media_index.numel() and int(media_index.max()) >= limit:
+                raise ValueError(f"media number {int(media_index.max()) + 1} of a row but max_num_media={limit}")
             x = x + self.media_time_embs[media_index]
         latents = self.latents.expand(B, T, -1, -1)
         for attn, ff in self.layers:

@@ -21,7 +21,12 @@ def self_contained(checkpoint: dict, module: nn.Module) -> dict:
     checkpoint (each module's `on_save_checkpoint`, merge, import) calls this, so there is one rule."""
     config = checkpoint.get("chimera_config")
     if config:
-        checkpoint["chimera_config"] = architecture_config(config, module)
+        # worked out once per module and config (a save every N steps would otherwise re-serialise
+        # the tokenizer each time, on every rank); neither changes during a run
+        cached = module.__dict__.get("_architecture")
+        if cached is None or cached[0] is not config:
+            cached = module.__dict__["_architecture"] = (config, architecture_config(config, module))
+        checkpoint["chimera_config"] = cached[1]
     return checkpoint
 
 

@@ -104,22 +104,20 @@ def generate_main(argv: list[str]) -> None:
     print(generate_answer(args.ckpt, args.prompt, args.image, args.max_new_tokens))
 
 
-def main(argv: list[str] | None = None, plain_errors: bool | None = None) -> None:
-    """The console script. From the shell (or with `plain_errors=True`) a user error is one line on
-    stderr and exit status 2 (train/cli_errors.py); called from Python it raises, for the caller."""
+def main(argv: list[str] | None = None) -> None:
+    """The console script. From the shell a user error is one line on stderr and exit status 2
+    (train/cli_errors.py); called from Python it raises, for the caller."""
     from_command_line = argv is None
     argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
     if debug:
         os.environ["CHIMERA_DEBUG"] = "1"  # DDP re-launches this command: its ranks inherit it
     if from_command_line:
         sys.argv[1:] = argv  # LightningCLI reads sys.argv itself (it warns when given both)
-    if plain_errors is None:
-        plain_errors = from_command_line
     command = argv[0] if argv else ""
     try:
         run_command(argv, from_command_line)
     except user_errors() as err:
-        if debug or not plain_errors:
+        if debug or not from_command_line:
             raise
         print(one_line(command, err), file=sys.stderr)
         sys.exit(EXIT_STATUS)
