@@ -8,6 +8,8 @@ truncated file is one error naming it instead of a zip-reader traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import os
 import uuid
 from pathlib import Path
@@ -31,17 +33,27 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return safe_load(path, map_location)
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` to a temporary sibling, fsync, then rename over `path`; on failure `path` is untouched."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary sibling of `path`, fsync, then rename over `path`; on failure
+    `path` is untouched and the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with open(tmp, "xb") as f:  # plain open: the umask sets its mode, as for torch.save
-            torch.save(obj, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` through `atomic_write` (a kill mid-save leaves the previous file whole)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as f:  # plain open: the umask sets its mode, as for torch.save
+            torch.save(obj, f)
+
+    atomic_write(path, write)

@@ -14,8 +14,6 @@ adapter; `chimera merge` it first for a dense release.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -25,6 +23,7 @@ from models.language import LanguageModel
 from models.safe_load import RELEASE_WEIGHTS, read_state_dict
 from models.vision import VisionEncoder
 from train.architecture import architecture_config, component_args
+from train.checkpoint_io import atomic_write
 
 RELEASE_CONFIG = "config.json"
 IMAGE_PROCESSING = "image_processing.json"
@@ -51,12 +50,8 @@ def write_release(module: nn.Module, out_dir: str | Path) -> Path:
     towers = [m for m in module.modules() if isinstance(m, (VisionEncoder, ContrastiveDualEncoder))]
     if towers:
         _write_json(out / IMAGE_PROCESSING, towers[0].transform(train=False).to_dict())
-    tmp = out / f".{RELEASE_WEIGHTS}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        save_file(_unshared(module.state_dict()), tmp, metadata={"format": "pt"})
-        os.replace(tmp, out / RELEASE_WEIGHTS)
-    finally:
-        tmp.unlink(missing_ok=True)
+    state = _unshared(module.state_dict())
+    atomic_write(out / RELEASE_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     _write_json(out / RELEASE_CONFIG, {"chimera_release": FORMAT_VERSION, "model": config})
     return out
 
@@ -95,6 +90,4 @@ def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
