@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from data.templates import IMAGE_TOKEN, PAD_TOKEN
+from models.meta_init import on_meta
 from models.peft import Bottleneck, LlamaAdapter, LoRA, base_state_dict, is_4bit, load_4bit_pre_hook, merge_lora
 from models.safe_load import read_state_dict
 from models.tokenizer_files import tokenizer_from_files, tokenizer_to_files
@@ -191,7 +192,14 @@ class LanguageModel(nn.Module):
             load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=_DTYPES[compute_dtype],
         )
-        if name_or_path is not None:
+        if bnb_config is not None and on_meta():
+            raise ValueError("LanguageModel: a quantized LM cannot be built on the meta device; train it "
+                             "with train.strategies.FSDP(init_on_rank0: false) or without FSDP")
+        if name_or_path is not None and on_meta():  # the architecture only: rank 0 broadcasts the weights
+            hf_config = _load_offline(AutoConfig.from_pretrained, name_or_path, "language model config", **hub)
+            hf_config._attn_implementation = attn_implementation
+            self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
+        elif name_or_path is not None:
             self.model = _load_offline(
                 AutoModelForCausalLM.from_pretrained, name_or_path, "language model",
                 dtype=torch_dtype, attn_implementation=attn_implementation, **hub,
@@ -210,7 +218,7 @@ class LanguageModel(nn.Module):
             self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
-        if weights_from is not None:
+        if weights_from is not None and not on_meta():
             _load_dense_weights(self.model, weights_from)
         if bnb_config is not None and name_or_path is None:
             with tempfile.TemporaryDirectory() as tmp:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from models.image_transform import IMAGE_MODES, ImageMode, ImageTransform
+from models.meta_init import on_meta
 
 __all__ = [
     "HFVision",
@@ -284,7 +285,9 @@ class OpenCLIPVision(VisionEncoder):
         try:
             # on the default device, so `with torch.device("meta")` builds it without storage
             force = {k: list(v) for k, v in (("mean", image_mean), ("std", image_std)) if v is not None}
-            clip = open_clip.create_model(name, pretrained=pretrained, device=torch.get_default_device(),
+            # on meta (a rank that receives rank 0's weights) no weights are read
+            clip = open_clip.create_model(name, pretrained=None if on_meta() else pretrained,
+                                          device=torch.get_default_device(),
                                           force_preprocess_cfg=force or None)
         except RuntimeError as e:
             # open_clip turns download failures (OSError from the hub) into RuntimeError.
@@ -401,8 +404,9 @@ class HFVision(VisionEncoder):
                     f"HFVision: {name_or_path!r} holds a {hf_config.model_type!r} model, "
                     f"but model_type={model_type!r} expects {config_cls.model_type!r}"
                 )
-            try:
-                self.model = model_cls.from_pretrained(name_or_path, config=hf_config)
+            try:  # on meta (a rank that receives rank 0's weights) the architecture only
+                self.model = (model_cls(hf_config) if on_meta()
+                              else model_cls.from_pretrained(name_or_path, config=hf_config))
             except OSError as e:
                 raise FileNotFoundError(_hf_not_found(name_or_path)) from e
             try:
@@ -512,7 +516,7 @@ class TimmVision(VisionEncoder):
         if checkpoint_path is not None and not os.path.isfile(checkpoint_path):
             raise FileNotFoundError(f"timm checkpoint file not found: {checkpoint_path!r}")
         try:
-            self.model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
+            self.model = timm.create_model(model_name, pretrained=pretrained and not on_meta(), **model_kwargs)
         except OSError as e:  # hub / cache errors (LocalEntryNotFoundError, URLError)
             if not pretrained:
                 raise
@@ -520,7 +524,7 @@ class TimmVision(VisionEncoder):
                 f"timm pretrained weights for {model_name!r} could not be found in the local "
                 f"cache {_download_hint()}"
             ) from e
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and not on_meta():
             timm.models.load_checkpoint(self.model, checkpoint_path, strict=True)
 
         data_cfg = timm.data.resolve_model_data_config(self.model)

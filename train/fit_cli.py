@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
 import os
 from pathlib import Path
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
+from torch import nn
 
 from models.safe_load import safe_load
 from models.sharded_checkpoint import META_FILE, is_sharded_checkpoint
@@ -16,6 +20,7 @@ from train.fit_errors import ChimeraArgumentParser
 from train.run_config import RunConfigSaver
 from train.run_dir import ENV, RunFolder, RunSettings, decide, open_attempt, point_latest, process_rank
 from train.run_metrics import keep_earlier_metrics
+from train.strategies import FSDP
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
@@ -34,6 +39,29 @@ def _logger_entries(trainer) -> list[Namespace]:
 
 
 FOLDER_LOGGERS = ("CSVLogger", "TensorBoardLogger")  # loggers whose folder is save_dir/name/version
+
+
+def builds_on_meta(trainer: Namespace) -> bool:
+    """This process is a rank other than 0 of an FSDP run that takes rank 0's weights
+    (`train.strategies.FSDP(init_on_rank0=True)`): it builds its model on the meta device."""
+    strategy = trainer.get("strategy")
+    if process_rank() == 0 or not isinstance(strategy, Namespace):
+        return False
+    module, _, name = str(strategy.class_path).rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, FSDP)):
+        return False
+    default = inspect.signature(FSDP).parameters["init_on_rank0"].default
+    return bool((strategy.get("init_args") or Namespace()).get("init_on_rank0", default))
+
+
+class BuildOnMeta:
+    """jsonargparse instantiator: a model component built inside `torch.device("meta")`
+    (`models.meta_init`): its shapes, no storage, no weight file read."""
+
+    def __call__(self, class_type, *args, **kwargs):
+        with torch.device("meta"):
+            return class_type(*args, **kwargs)
 
 
 class ChimeraCLI(LightningCLI):
@@ -69,6 +97,8 @@ class ChimeraCLI(LightningCLI):
                 point_latest(path)
             os.environ[ENV] = str(path)  # the ranks Lightning launches inherit the folder
         self.run_path = path
+        if builds_on_meta(config.trainer):  # after Lightning's instantiator for the LightningModule itself
+            self.parser.add_instantiator(BuildOnMeta(), nn.Module, subclasses=True)
         for lg, a in zip(loggers, args):
             if str(lg.class_path).endswith(FOLDER_LOGGERS):
                 a.save_dir, a.name, a.version = str(path.parent.parent), path.parent.name, path.name

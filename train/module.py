@@ -19,6 +19,7 @@ from data.templates import ChatTemplate
 from models.flamingo import Flamingo
 from models.language import checkpoint_weights
 from models.llava import LLaVA
+from models.meta_init import has_meta_tensors
 from models.peft import OptimizerName, build_optimizer
 from train.data_guard import DataGuard
 from train.distributed import canonical_name, gather_objects, unique_by_index
@@ -52,8 +53,11 @@ def load_model_weights(model: nn.Module, ckpt_path: str) -> None:
 
     An adapted or 4-bit LM has different parameters from the dense one saved: it takes its
     weights through `LanguageModel(weights_from=...)` (before quantisation and adapters), and
-    only the other parts are loaded here.
+    only the other parts are loaded here. A model built on the meta device (a rank that FSDP
+    gives rank 0's weights, `models.meta_init`) reads nothing.
     """
+    if has_meta_tensors(model):
+        return
     path = Path(ckpt_path)
     weights = checkpoint_weights(path, "model.", "init_from")
     language = model.language

@@ -27,6 +27,7 @@ from torch import nn
 
 from models.flamingo import Flamingo, FlamingoLayer
 from models.language import decoder_layer_list
+from models.meta_init import MaterializeEmpty
 
 Sharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -73,6 +74,43 @@ class _IsInstance:
         return isinstance(module, self.classes)
 
 
+_WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name as in the unwrapped model (FSDP and activation-checkpoint wrappers dropped)."""
+    for wrapper in _WRAPPERS:
+        name = name.replace(wrapper, "")
+    return name
+
+
+def take_rank0_values(root: nn.Module, values: dict[str, torch.Tensor]) -> None:
+    """After wrapping, every FSDP unit's parameters and every buffer take rank 0's values.
+
+    `values`: on rank 0, its parameters as built (`named_parameters` before wrapping, held so the
+    flattening does not free them); empty elsewhere. One unit is unsharded at a time (its own
+    parameters, not those of the units nested in it): rank 0 writes its values in, broadcasts,
+    and every rank keeps its shard.
+    """
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    for prefix, unit in root.named_modules():
+        if not isinstance(unit, FullyShardedDataParallel):
+            continue
+        nested = {id(p) for sub in unit.modules() if sub is not unit and isinstance(sub, FullyShardedDataParallel)
+                  for p in sub.parameters()}
+        with FullyShardedDataParallel.summon_full_params(unit, recurse=False, writeback=True):
+            for name, p in unit.named_parameters():
+                if id(p) in nested:
+                    continue
+                if values:
+                    p.data.copy_(values[plain_name(f"{prefix}.{name}" if prefix else name)])
+                dist.broadcast(p.data, src=0)
+    for buffer in root.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 class FSDP(FSDPStrategy):
     """FSDP with one unit per LM decoder layer (and per vision block), its layers checkpointed; a
     Flamingo's resampler and each gated cross-attention block are units too. `shard_frozen` shards
@@ -91,23 +129,43 @@ class FSDP(FSDPStrategy):
         stay fp32. None: as `trainer.precision` says (Lightning's default: all in that dtype).
     cpu_offload: parameters and gradients live in CPU memory between uses.
     state_dict_type: "full" checkpoints one file gathered on rank 0; "sharded" one per rank.
+    init_on_rank0: only rank 0 builds the model with its weights; every other rank builds it on
+        the meta device (no storage, no weight file read: `chimera fit` arranges it, see
+        `models.meta_init`) and receives rank 0's values while FSDP wraps each unit. Host memory
+        then holds one copy of the weights per node, not one per GPU. False: every rank builds
+        and loads the whole model itself.
     """
 
     def __init__(self, sharding: Sharding = "FULL_SHARD", wrap_vision: bool = True,
                  activation_checkpointing: bool = True, mixed_precision: Literal["bf16", "fp16"] | None = None,
                  cpu_offload: bool = False, state_dict_type: Literal["full", "sharded"] = "full",
-                 process_group_backend: str | None = None) -> None:
+                 process_group_backend: str | None = None, init_on_rank0: bool = True) -> None:
         mp = None
         if mixed_precision is not None:
             from torch.distributed.fsdp import MixedPrecision
 
             mp = MixedPrecision(param_dtype=_DTYPES[mixed_precision], reduce_dtype=torch.float32,
                                 buffer_dtype=torch.float32)
+        # a unit built on meta gets empty storage as it is wrapped; rank 0's values come after
+        # (`take_rank0_values`: torch's `sync_module_states` refuses CPU tensors, so gloo runs could not test it)
+        rank0 = {"param_init_fn": MaterializeEmpty(self._unit_device)} if init_on_rank0 else {}
         super().__init__(sharding_strategy=sharding, cpu_offload=cpu_offload, mixed_precision=mp,
-                         state_dict_type=state_dict_type, process_group_backend=process_group_backend)
+                         state_dict_type=state_dict_type, process_group_backend=process_group_backend, **rank0)
+        self.init_on_rank0 = init_on_rank0
+        self.built_on_meta = 0  # parameters this rank built on the meta device (set when wrapping)
         self.wrap_vision, self.checkpoint_layers = wrap_vision, activation_checkpointing
         self.wrapped: set[type[nn.Module]] = set()
         self.checkpointed: set[type[nn.Module]] = set()
+
+    def _rank0_values(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Rank 0's parameters as built, kept until broadcast (flattening would free the parts that
+        other ranks' shards hold); nothing on other ranks or without `init_on_rank0`."""
+        if not self.init_on_rank0 or self.global_rank != 0:
+            return {}
+        return {plain_name(n): p.detach() for n, p in module.named_parameters()}
+
+    def _unit_device(self) -> torch.device:
+        return self.root_device
 
     def plan(self, vlm: nn.Module) -> tuple[set[type[nn.Module]], set[type[nn.Module]]]:
         """(classes wrapped as FSDP units, classes checkpointed) for a LLaVA or Flamingo. A Flamingo's
@@ -128,13 +186,23 @@ class FSDP(FSDPStrategy):
         if isinstance(module, FullyShardedDataParallel):
             return module
         kwargs = {**self.kwargs, "auto_wrap_policy": ModuleWrapPolicy(self.wrapped)}
-        return FullyShardedDataParallel(module, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
-                                        sharding_strategy=self.sharding_strategy, device_id=self.root_device, **kwargs)
+        values = self._rank0_values(module)
+        wrapped = FullyShardedDataParallel(module, cpu_offload=self.cpu_offload,
+                                           mixed_precision=self.mixed_precision_config,
+                                           sharding_strategy=self.sharding_strategy, device_id=self.root_device,
+                                           **kwargs)
+        if self.init_on_rank0:
+            take_rank0_values(wrapped, values)
+        return wrapped
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
         vlm = self.lightning_module.model
+        self.built_on_meta = sum(p.numel() for p in model.parameters() if p.is_meta)
+        if self.built_on_meta and not self.init_on_rank0:
+            raise ValueError("the model was built on the meta device, but FSDP(init_on_rank0: false) has no "
+                             "rank to take its weights from")
         self.wrapped, self.checkpointed = self.plan(vlm)
         self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(self.wrapped)
         if self.checkpointed:
@@ -144,17 +212,21 @@ class FSDP(FSDPStrategy):
                 lm.gradient_checkpointing_disable()
         rank_zero_info(f"FSDP units: {sorted(c.__name__ for c in self.wrapped)}; "
                        f"checkpointed: {sorted(c.__name__ for c in self.checkpointed)}")
+        values = self._rank0_values(model)
         if self.root_device.type != "cpu":
-            return super()._setup_model(model)
-        # Lightning passes device_id=root_device.index, None on CPU, which torch's FSDP refuses
-        # ("needs a non-CPU accelerator"); given the CPU device itself it runs on gloo (tests, debugging)
-        from torch.distributed.fsdp import FullyShardedDataParallel
+            model = super()._setup_model(model)
+        else:
+            # Lightning passes device_id=root_device.index, None on CPU, which torch's FSDP refuses
+            # ("needs a non-CPU accelerator"); given the CPU device itself it runs on gloo (tests, debugging)
+            from torch.distributed.fsdp import FullyShardedDataParallel
 
-        model = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
-                                         mixed_precision=self.mixed_precision_config,
-                                         sharding_strategy=self.sharding_strategy, device_id=self.root_device,
-                                         **self.kwargs)
-        _setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
+            model = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+                                             mixed_precision=self.mixed_precision_config,
+                                             sharding_strategy=self.sharding_strategy, device_id=self.root_device,
+                                             **self.kwargs)
+            _setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
+        if self.init_on_rank0:
+            take_rank0_values(model, values)
         return model
 
 
