@@ -2,9 +2,9 @@
 
 Under FSDP every rank but 0 builds its model inside `torch.device("meta")`: shapes and
 dtypes, no storage, no weight file read. While wrapping, FSDP gives each unit's tensors
-empty storage (`MaterializeEmpty`) and broadcasts rank 0's values into them
-(`sync_module_states`), so one host copy of the weights exists per node instead of one per
-GPU (`train.strategies.FSDP(init_on_rank0=True)`, chosen by `train.fit_cli`).
+empty storage (`MaterializeEmpty`); then rank 0's values are broadcast into every unit
+(`train.strategies.take_rank0_values`), so the host holds one copy of the weights, on rank 0,
+instead of one per GPU (`train.strategies.FSDP(init_on_rank0=True)`, chosen by `train.fit_cli`).
 
 Classes that load pretrained weights ask `on_meta()` and then build from the checkpoint's
 config alone: transformers refuses `from_pretrained` under a meta device, and reading the
@@ -31,8 +31,8 @@ class MaterializeEmpty:
 
     Tied weights stay tied: a meta tensor shared by two modules (an LM head tied to the
     embeddings) becomes one materialised tensor, as on the rank that built it for real, so
-    every rank flattens the same parameters. Values are garbage until FSDP's broadcast from
-    rank 0 overwrites them. `device` is a callable (the strategy's root device, known only
+    every rank flattens the same parameters. Values are garbage until rank 0's are broadcast
+    over them. `device` is a callable (the strategy's root device, known only
     once the strategy is set up).
     """
 
