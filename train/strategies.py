@@ -132,7 +132,7 @@ class FSDP(FSDPStrategy):
     init_on_rank0: only rank 0 builds the model with its weights; every other rank builds it on
         the meta device (no storage, no weight file read: `chimera fit` arranges it, see
         `models.meta_init`) and receives rank 0's values while FSDP wraps each unit. Host memory
-        then holds one copy of the weights per node, not one per GPU. False: every rank builds
+        then holds one copy of the weights (rank 0's), not one per GPU. False: every rank builds
         and loads the whole model itself.
     """
 
