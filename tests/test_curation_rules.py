@@ -89,3 +89,83 @@ def test_datacomp_caption_rules():
     assert rule("a red circle", (20, 20)) == "image_side<32"
     assert CaptionQuality()("a red circle", (150, 150)) == "image_side<200"  # DataComp's default
     assert CaptionQuality()("a a a a") is None  # the repeat rule is ours, off by default
+
+
+# ---------------------------------------------------------------- C4 (Raffel et al. 2020, section 2.2)
+
+from data.curation.c4 import C4Quality, count_sentences  # noqa: E402
+
+PROSE = ("The river rose slowly through the night and reached the bridge by dawn.",
+         "Farmers along the valley moved their animals to the higher fields.",
+         "By noon the water had started to fall again, leaving mud on every road.")
+
+
+def test_c4_paper_defaults():
+    rule = C4Quality()
+    assert (rule.min_words_per_line, rule.min_sentences, rule.max_word_length) == (5, 3, 1000)
+    assert rule.bad_words is None  # the list is not shipped; nothing downloads
+
+
+def test_c4_sentence_threshold_is_three():
+    rule = C4Quality()
+    assert rule("\n".join(PROSE)) is None  # exactly 3 sentences: kept
+    assert rule("\n".join(PROSE[:2])) == "sentences<3"
+    assert C4Quality(min_sentences=None)("\n".join(PROSE[:2])) is None
+    # sentences are counted inside lines too: one line with three sentences is enough
+    assert rule("It rained all day. The roads were closed for hours. Nobody went out that evening.") is None
+    assert count_sentences('He said "we leave at six." Then he left! Why?') == 3
+    assert count_sentences("Version 3.5 of the tool is out today.") == 1  # no split inside a number
+
+
+def test_c4_line_word_threshold_is_five():
+    rule = C4Quality()
+    four, five = "Four words end here.", "Five words do end here."
+    cleaned, reason = rule.clean("\n".join([*PROSE, four, five]))
+    assert reason is None and cleaned.splitlines() == [*PROSE, five]
+    # two prose lines + a 4-word line is 2 sentences (page dropped); + a 5-word line is 3 (kept)
+    assert rule("\n".join([*PROSE[:2], four])) == "sentences<3"
+    assert rule("\n".join([*PROSE[:2], five])) is None
+    assert C4Quality().line_reason(four) == "line_words<5"
+    assert C4Quality(min_words_per_line=4).line_reason(four) is None
+
+
+def test_c4_terminal_punctuation_and_ellipsis():
+    rule = C4Quality()
+    assert rule.line_reason("A heading without any final mark") == "line_no_terminal_punctuation"
+    assert rule.line_reason("And then the story goes on and on...") == "line_no_terminal_punctuation"
+    for end in (".", "!", "?", '"'):
+        assert rule.line_reason(f"This line ends with the mark {end}") is None
+    assert rule.line_reason("This line ends with a single quote mark '") == "line_no_terminal_punctuation"
+    menu = "Home\nAbout us\nContact\n" + "\n".join(PROSE)
+    assert rule.clean(menu) == ("\n".join(PROSE), None)  # menu lines dropped, page kept
+
+
+def test_c4_page_rules_javascript_policy_and_citations():
+    rule = C4Quality()
+    assert rule("\n".join(PROSE) + "\nfunction f() { return 1; }") == "curly_bracket"
+    assert rule("\n".join(PROSE) + "\nmenu {") == "curly_bracket"  # any page with "{", as the paper says
+    assert rule("Lorem Ipsum dolor sit amet.\n" + "\n".join(PROSE)) == "lorem_ipsum"
+    js = "Please enable JavaScript in your browser to see this page."
+    policy = "By using this site you agree to our Privacy Policy and terms."
+    cleaned, reason = rule.clean("\n".join([js, *PROSE, policy]))
+    assert reason is None and cleaned.splitlines() == list(PROSE)
+    assert rule("\n".join([js, *PROSE[:2], policy])) == "sentences<3"  # dropped lines do not count
+    cited = "The bridge was built in 1820 by the town council.[1][citation needed]"
+    assert rule.clean("\n".join([cited, *PROSE[1:]]))[0].splitlines()[0] == \
+        "The bridge was built in 1820 by the town council."
+    assert C4Quality(drop_javascript_lines=False).line_reason(js) is None
+    long_word = "A line with a very long token " + "x" * 1001 + " inside it."
+    assert rule.line_reason(long_word) == "line_word_too_long"
+
+
+def test_c4_bad_words_from_a_file(tmp_path):
+    words = tmp_path / "en.txt"
+    words.write_text("darn\nblast it\n\n")
+    rule = C4Quality.from_config(bad_words_file=str(words))
+    assert rule("\n".join(PROSE) + "\nOh darn, the bridge is gone again.") == "bad_word"
+    assert rule("\n".join(PROSE) + "\nBlast it, the bridge is gone again.") == "bad_word"  # phrase, any case
+    assert rule("\n".join(PROSE) + "\nThe darning needle was lost again.") is None  # whole words only
+    with pytest.raises(ValueError, match="bad_words file"):
+        C4Quality.from_config(bad_words_file=str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="min_sentence"):
+        C4Quality.from_config(min_sentence=3)

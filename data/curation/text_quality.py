@@ -8,8 +8,15 @@ filter (Gadre et al. 2023) for captions. Each rule is a function returning the r
 text fails (a short string such as ``"word_count<50"``) or ``None``, so a report can count
 removals per rule and show examples.
 
-Words are whitespace-separated tokens (Gopher's own definition); character fractions in
-the repetition rules count the characters of the words involved, not whitespace.
+Words are whitespace-separated tokens. This is our choice: the paper does not say how it
+splits words, and datatrove uses a language-specific tokenizer (NLTK for English, which splits
+punctuation off). Character fractions in the repetition rules count the characters of the words
+involved, not whitespace.
+
+Where we and datatrove's Gopher filters disagree, we follow the paper's wording (quoted in each
+rule's docstring): alphabetic words are words *containing* a letter; stop words are matched
+case-insensitively (the paper names the words, not a case); the duplicated n-gram rules count the
+characters of every word covered by a repeated n-gram once.
 """
 
 from __future__ import annotations
@@ -78,14 +85,17 @@ def ellipsis_lines(lines: Sequence[str], max_fraction: float = 0.3) -> str | Non
 
 
 def alphabetic_words(words: Sequence[str], min_fraction: float = 0.8) -> str | None:
-    """Gopher: at least 80% of words must contain a letter (else code, numbers, markup)."""
+    """Gopher: "We also require that 80% of words in a document contain at least one alphabetic
+    character" (else code, numbers, markup)."""
     if not words or sum(any(c.isalpha() for c in w) for w in words) / len(words) < min_fraction:
         return f"alphabetic_words<{min_fraction:g}"
     return None
 
 
 def stop_words(words: Sequence[str], min_count: int = 2, vocabulary=GOPHER_STOP_WORDS) -> str | None:
-    """Gopher: natural English prose contains at least two of the 8 stop words."""
+    """Gopher: "... remove documents that do not contain at least two of the following English
+    words: the, be, to, of, and, that, have, with". Matched case-insensitively with surrounding
+    punctuation stripped ("The", "with." count), so a sentence-initial "The" is not missed."""
     present = {w.lower().strip(".,;:!?\"'()") for w in words} & vocabulary
     if len(present) < min_count:
         return f"stop_words<{min_count}"
@@ -146,8 +156,10 @@ def top_ngram_fraction(words: Sequence[str], n: int, max_fraction: float) -> str
 
 
 def duplicate_ngram_fraction(words: Sequence[str], n: int, max_fraction: float) -> str | None:
-    """Gopher: characters of words covered by any n-gram occurring more than once (each word
-    counted once even if covered by several duplicated n-grams) over all word characters."""
+    """Gopher: the fraction of characters "contained within all duplicate n-grams" (n = 5..10):
+    characters of words covered by any n-gram occurring more than once, each word counted once
+    even if covered by several duplicated n-grams (overlapping duplicates are not double counted),
+    over all word characters."""
     grams = _ngrams(words, n)
     total = sum(map(len, words))
     if not grams or not total:
