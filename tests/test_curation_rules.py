@@ -169,3 +169,29 @@ def test_c4_bad_words_from_a_file(tmp_path):
         C4Quality.from_config(bad_words_file=str(tmp_path / "missing.txt"))
     with pytest.raises(ValueError, match="min_sentence"):
         C4Quality.from_config(min_sentence=3)
+
+
+OTHER = (
+    "Our village library has moved to the old school building next to the market square. The new "
+    "reading room is larger and brighter, and it has space for a children's corner with low shelves. "
+    "Volunteers have catalogued more than two thousand books over the winter, and the local history "
+    "collection is now open to anyone who asks at the desk. Opening hours are longer on Saturdays."
+)
+
+
+def test_text_config_runs_gopher_c4_and_normalised_minhash(tmp_path):
+    import json
+
+    from data.curation.curate import curate
+
+    copy = GOOD.replace(",", "").replace(".", " .").upper()  # same words, other punctuation and case
+    docs = {"good": GOOD, "code": GOOD + "\nvar x = {a: 1};", "copy": copy, "other": OTHER, "short": "Too short."}
+    src = tmp_path / "web-000000.jsonl"
+    src.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
+    report = curate("configs/curation/text.yaml", [f"web={src}"], tmp_path / "out")
+    removed = {r["key"]: (r["step"], r["reason"]) for r in
+               map(json.loads, (tmp_path / "out" / "removed.jsonl").read_text().splitlines())}
+    assert removed == {"short": ("text_quality", "word_count<50"), "code": ("c4", "curly_bracket"),
+                       "copy": ("minhash_dedup", "near_duplicate_text")}
+    assert [s["name"] for s in report["steps"]] == ["text_quality", "c4", "minhash_dedup"]
+    assert report["steps"][1]["params"]["min_sentences"] == 3 and report["kept"] == 2
