@@ -21,6 +21,6 @@ from data.curation.minhash import MinHashDeduper, MinHasher, bands_rows_for_reca
 from data.curation.mixtures import MixtureStream, mixture_probabilities
 from data.curation.text_quality import CaptionQuality, GopherQuality
 
-__all__ = ["C4Quality", "CaptionQuality", "GopherQuality", "MinHashDeduper", "MinHasher", "MixtureStream", "PHashDeduper",
-           "bands_rows_for_recall", "clip_scores", "curate", "mixture_probabilities", "optimal_bands_rows", "phash", "select_by_score",
-           "semdedup"]
+__all__ = ["C4Quality", "CaptionQuality", "GopherQuality", "MinHashDeduper", "MinHasher", "MixtureStream",
+           "PHashDeduper", "bands_rows_for_recall", "clip_scores", "curate", "mixture_probabilities",
+           "optimal_bands_rows", "phash", "select_by_score", "semdedup"]
