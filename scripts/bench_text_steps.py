@@ -56,8 +56,8 @@ def prose_documents(n: int, seed: int = 0) -> list[str]:
             out = []
             for _ in range(k):
                 m = int(rng.integers(6, 25))
-                words = [FUNCTION[i] if f else CONTENT[j] for f, i, j in
-                         zip(rng.random(m) < 0.4, rng.integers(len(FUNCTION), size=m), rng.integers(len(CONTENT), size=m))]
+                pick_f, pick_c = rng.integers(len(FUNCTION), size=m), rng.integers(len(CONTENT), size=m)
+                words = [FUNCTION[i] if f else CONTENT[j] for f, i, j in zip(rng.random(m) < 0.4, pick_f, pick_c)]
                 if m > 10 and rng.random() < 0.5:
                     words[m // 2] += ","
                 out.append(" ".join(words).capitalize() + str(rng.choice([".", ".", ".", "?", "!"])))
@@ -86,7 +86,8 @@ def throughput(docs: list[str], repeat: int) -> list[list[str]]:
     rows = []
     gopher, c4 = GopherQuality(), C4Quality()
     hasher = MinHasher(128, 5, **NORM)
-    rows.append(["Gopher quality + repetition", "chimera", f"{rate(lambda d: [gopher(t) for t in d], docs, repeat):,.0f}"])
+    rows.append(["Gopher quality + repetition", "chimera",
+                 f"{rate(lambda d: [gopher(t) for t in d], docs, repeat):,.0f}"])
     rows.append(["C4 page rules", "chimera", f"{rate(lambda d: [c4(t) for t in d], docs, repeat):,.0f}"])
     rows.append(["MinHash signatures (128, word 5-grams)", "chimera",
                  f"{rate(lambda d: hasher.signatures(d), docs, repeat):,.0f}"])
@@ -121,13 +122,15 @@ def throughput(docs: list[str], repeat: int) -> list[list[str]]:
                 m = MinHash(num_perm=128, seed=1)
                 m.update_batch([" ".join(w[j:j + 5]).encode() for j in range(max(1, len(w) - 4))])
 
-        rows.append(["MinHash signatures (128, word 5-grams)", f"datasketch {ds}", f"{rate(ds_sigs, docs, repeat):,.0f}"])
+        rows.append(["MinHash signatures (128, word 5-grams)", f"datasketch {ds}",
+                     f"{rate(ds_sigs, docs, repeat):,.0f}"])
     return rows
 
 
 def c4_settings(docs: list[str]) -> list[list[str]]:
     """Pages removed by C4 with the paper's values, with datatrove's defaults, and datatrove itself."""
-    rows = [["chimera, paper values (3 sentences, 5 words per line)", str(sum(C4Quality()(t) is not None for t in docs))],
+    rows = [["chimera, paper values (3 sentences, 5 words per line)",
+             str(sum(C4Quality()(t) is not None for t in docs))],
             ["chimera, datatrove's values (5 sentences, 3 words per line)",
              str(sum(C4Quality(min_sentences=5, min_words_per_line=3)(t) is not None for t in docs))]]
     if dt := installed("datatrove"):
@@ -135,7 +138,8 @@ def c4_settings(docs: list[str]) -> list[list[str]]:
         from datatrove.data import Document
         from datatrove.pipeline.filters import C4QualityFilter
 
-        for label, kw in (("defaults", {}), ("with the paper's values", dict(min_num_sentences=3, min_words_per_line=5))):
+        paper = dict(min_num_sentences=3, min_words_per_line=5)
+        for label, kw in (("defaults", {}), ("with the paper's values", paper)):
             f = C4QualityFilter(language=datatrove_words(), **kw)
             rows.append([f"datatrove {dt} C4QualityFilter, {label}",
                          str(sum(f.filter(Document(text=t, id=str(i))) is not True for i, t in enumerate(docs)))])
