@@ -195,3 +195,44 @@ def test_text_config_runs_gopher_c4_and_normalised_minhash(tmp_path):
                        "copy": ("minhash_dedup", "near_duplicate_text")}
     assert [s["name"] for s in report["steps"]] == ["text_quality", "c4", "minhash_dedup"]
     assert report["steps"][1]["params"]["min_sentences"] == 3 and report["kept"] == 2
+
+
+def _reference_ngram_rules(words, n, top_t, dup_t):
+    """The n-gram rules written plainly (tuples and a Counter), for parity with `NgramStats`."""
+    from collections import Counter
+
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    total = sum(map(len, words))
+    if not grams or not total:
+        return None, None
+    counts = Counter(grams)
+    gram, count = counts.most_common(1)[0]
+    top = f"top_{n}gram>{top_t:g}" if count > 1 and count * sum(map(len, gram)) / total > top_t else None
+    covered = [False] * len(words)
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            covered[i:i + n] = [True] * n
+    dup = sum(len(w) for w, c in zip(words, covered) if c) / total > dup_t
+    return top, (f"duplicate_{n}gram>{dup_t:g}" if dup else None)
+
+
+def test_ngram_rules_match_a_plain_counter_implementation():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    vocab = ["a", "to", "the", "click", "here", "wonderful", "x", "buy", "now", "of"]
+    checked = 0
+    for doc in range(200):
+        n_words = int(rng.integers(0, 60))
+        words = [vocab[i] + ("s" * int(rng.integers(0, 3)) if doc % 3 else "") for i in
+                 rng.integers(len(vocab) if doc % 2 else 4, size=n_words)]
+        if doc % 5 == 0 and n_words > 12:  # plant a repeated run
+            words[8:12] = words[:4]
+        stats = tq.NgramStats(words)
+        for n in range(1, 11):
+            for top_t, dup_t in ((0.2, 0.15), (0.05, 0.5), (0.5, 0.05)):
+                expect = _reference_ngram_rules(words, n, top_t, dup_t)
+                got = (tq.top_ngram_fraction(words, n, top_t, stats), tq.duplicate_ngram_fraction(words, n, dup_t, stats))
+                assert got == expect, (words, n, top_t, dup_t)
+                checked += expect != (None, None)
+    assert checked > 500  # the cases exercise both outcomes
