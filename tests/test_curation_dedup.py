@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from data.curation.image_dedup import PHashDeduper, hamming, hash_pairs, keep_first, phash, semdedup
-from data.curation.minhash import (MinHashDeduper, MinHasher, connected_components, estimate_jaccard, jaccard,
-                                   lsh_error, optimal_bands_rows, shingle_hashes)
+from data.curation.minhash import (MinHashDeduper, MinHasher, bands_rows_for_recall, connected_components,
+                                   estimate_jaccard, jaccard, lsh_error, normalise, optimal_bands_rows, s_curve,
+                                   shingle_hashes)
+from data.curation.near_duplicates import near_duplicate_pairs, pair_jaccard, punctuated
 
 
 def _corpus(n_base=300, n_dup=60, words=100, vocab=3000, edit=0.02, seed=0):
@@ -162,3 +164,81 @@ def test_semdedup_removes_near_copies_within_clusters():
     removed = semdedup(np.concatenate([base, copies]), eps=0.01, clusters=3)
     assert removed == {60: 3, 61: 25, 62: 47}
     assert semdedup(base, eps=0.01, clusters=3) == {}
+
+
+# ---------------------------------------------------------------- recall target, normalisation, batching
+
+
+def test_recall_banding_meets_its_target_on_the_s_curve():
+    for num_perm in (64, 128, 256):
+        for t in (0.5, 0.7, 0.8, 0.9):
+            b, r = bands_rows_for_recall(t, num_perm)
+            assert b * r <= num_perm and s_curve(t + 0.05, b, r) >= 0.95, (t, num_perm, b, r)
+    b, r = bands_rows_for_recall(0.8, 128)
+    assert (b, r) == (12, 9)
+    assert s_curve(0.85, b, r) == pytest.approx(1 - (1 - 0.85 ** 9) ** 12)
+    # it is the feasible banding with the least false-positive area below the threshold
+    feasible = [(bb, rr) for bb in range(1, 129) for rr in range(1, 128 // bb + 1) if s_curve(0.85, bb, rr) >= 0.95]
+    assert lsh_error(0.8, b, r)[0] <= min(lsh_error(0.8, bb, rr)[0] for bb, rr in feasible) + 1e-3
+    # the equal-weight banding it replaces misses a third of the pairs at 0.85
+    assert s_curve(0.85, *optimal_bands_rows(0.8, 128)) < 0.7
+    assert MinHashDeduper(0.8).bands == 12 and MinHashDeduper(0.8, recall=None).bands == 9
+    with pytest.raises(ValueError, match="no banding"):
+        bands_rows_for_recall(0.8, 2, recall=0.999, at=0.81)  # best: 2 x 1 gives 0.964
+
+
+def test_generated_pairs_have_the_requested_jaccard():
+    for sim in (0.95, 0.85, 0.7):
+        for a, b in near_duplicate_pairs(3, sim, seed=2):
+            assert pair_jaccard(a.split(), b.split()) == pytest.approx(sim, abs=0.003)
+            assert jaccard(a, b) == pytest.approx(pair_jaccard(a.split(), b.split()))
+
+
+def _found(pairs, **kwargs):
+    texts = [t for pair in pairs for t in pair]
+    removed = MinHashDeduper(**kwargs).deduplicate(texts)
+    kept = set(removed)
+    return np.mean([2 * i + 1 not in kept for i in range(len(pairs))]), len(texts) - len(kept)
+
+
+def test_recall_at_threshold_plus_margin():
+    recall, _ = _found(near_duplicate_pairs(200, 0.85, n_words=300, seed=0), threshold=0.8)
+    assert recall >= 0.95, recall
+    far, removed = _found(near_duplicate_pairs(100, 0.5, n_words=300, seed=1), threshold=0.8)
+    assert far <= 0.05 and removed == round(far * 100)  # pairs far below: rarely; unrelated documents: never
+
+
+def test_punctuation_and_case_copies_need_the_normalisation():
+    rng = np.random.default_rng(0)
+    pairs = [(punctuated(a, rng), punctuated(a, rng)) for a, _ in near_duplicate_pairs(40, 1.0, n_words=200)]
+    assert pairs[0][0] != pairs[0][1] and normalise(pairs[0][0], strip_punctuation=True) == \
+        normalise(pairs[0][1], strip_punctuation=True)
+    assert _found(pairs, threshold=0.8)[0] == 0.0  # lowercasing alone leaves "word," != "word"
+    assert _found(pairs, threshold=0.8, strip_punctuation=True)[0] == 1.0
+    assert normalise("Ｆｕｌｌ\u2003width ﬁ 2024-11-30!", strip_punctuation=True, nfkc=True, digits=True) == \
+        "full width fi 0 0 0"
+
+
+def test_batch_size_changes_nothing_and_bounds_the_batch():
+    texts = [t for pair in near_duplicate_pairs(30, 0.85, n_words=100, seed=3) for t in pair]
+    results = []
+    for batch in (1, 7, 4096):
+        d = MinHashDeduper(0.8, batch_size=batch)
+        d.add(texts)  # one call with everything: the deduper splits it
+        results.append(d.finish())
+        assert d.peak_batch == min(batch, len(texts))
+    assert results[0] == results[1] == results[2] and len(results[0]) >= 28
+
+
+def test_curate_minhash_step_hashes_a_shard_in_batches():
+    from data.curation.curate import MinHashStep
+
+    texts = [t for pair in near_duplicate_pairs(50, 0.9, n_words=100, seed=4) for t in pair]
+    samples = [{"__index__": i, "__key__": str(i), "__text__": t} for i, t in enumerate(texts)]
+    step = MinHashStep("minhash_dedup", threshold=0.8, batch_size=16)
+    step.scan(samples)  # one whole shard
+    assert step.dedup.peak_batch == 16 and step.dedup.count == 100
+    whole = MinHashStep("minhash_dedup", threshold=0.8, batch_size=4096)
+    whole.scan(samples)
+    assert step.finish() == whole.finish()
+    assert step.describe()["batch_size"] == 16 and step.describe()["bands"] == 12

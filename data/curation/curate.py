@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data.curation.c4 import C4Quality
 from data.curation.clip_score import build_model, clip_scores, select_by_score
 from data.curation.image_dedup import PHashDeduper, embed_images, semdedup
 from data.curation.minhash import MinHashDeduper
@@ -102,6 +103,28 @@ class TextQualityStep(Step):
         return {k: v for k, v in vars(self.rule).items()}
 
 
+class C4Step(Step):
+    """C4's page rules (`C4Quality`): removes the pages C4 drops (too few sentences left after
+    its line rules, curly bracket, lorem ipsum, bad words). Kept documents are written unchanged:
+    the chain filters, it does not rewrite text, so C4's line removal is `C4Quality.clean`'s."""
+
+    def __init__(self, name: str, **kwargs) -> None:
+        super().__init__(name)
+        self.rule = C4Quality.from_config(**kwargs)
+
+    def scan(self, samples):
+        out = {}
+        for s in samples:
+            reason = self.rule(sample_text(s))
+            if reason is not None:
+                out[s["__index__"]] = (reason, None)
+        return out
+
+    def describe(self):
+        return {k: (len(v) if k == "bad_words" and v else v) for k, v in vars(self.rule).items()
+                if not k.startswith("_")}
+
+
 class _GlobalStep(Step):
     is_global = True
 
@@ -115,14 +138,16 @@ class _GlobalStep(Step):
 
 
 class MinHashStep(_GlobalStep):
-    """Fuzzy dedup of the text (`MinHashDeduper`)."""
+    """Fuzzy dedup of the text (`MinHashDeduper`). A shard's texts are hashed `batch_size` at a
+    time (the deduper's option), so the step's memory is one batch plus the band keys."""
 
     def __init__(self, name: str, **kwargs) -> None:
         super().__init__(name)
         self.dedup = MinHashDeduper(**kwargs)
         self.params = {"threshold": self.dedup.threshold, "num_perm": self.dedup.hasher.num_perm,
                        "bands": self.dedup.bands, "rows": self.dedup.rows, "ngram": self.dedup.hasher.ngram,
-                       "char": self.dedup.hasher.char, "verify": self.dedup.verify}
+                       "char": self.dedup.hasher.char, "verify": self.dedup.verify,
+                       "batch_size": self.dedup.batch_size, **self.dedup.hasher.normalisation}
 
     def scan(self, samples):
         self.dedup.add([sample_text(s) for s in samples])
@@ -248,6 +273,7 @@ class ClipScoreStep(_ModelStep):
 STEPS: dict[str, type[Step]] = {
     "caption_quality": CaptionQualityStep,
     "text_quality": TextQualityStep,
+    "c4": C4Step,
     "minhash_dedup": MinHashStep,
     "phash_dedup": PHashStep,
     "semdedup": SemDedupStep,

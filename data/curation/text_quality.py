@@ -8,8 +8,15 @@ filter (Gadre et al. 2023) for captions. Each rule is a function returning the r
 text fails (a short string such as ``"word_count<50"``) or ``None``, so a report can count
 removals per rule and show examples.
 
-Words are whitespace-separated tokens (Gopher's own definition); character fractions in
-the repetition rules count the characters of the words involved, not whitespace.
+Words are whitespace-separated tokens. This is our choice: the paper does not say how it
+splits words, and datatrove uses a language-specific tokenizer (NLTK for English, which splits
+punctuation off). Character fractions in the repetition rules count the characters of the words
+involved, not whitespace.
+
+Where we and datatrove's Gopher filters disagree, we follow the paper's wording (quoted in each
+rule's docstring): alphabetic words are words *containing* a letter; stop words are matched
+case-insensitively (the paper names the words, not a case); the duplicated n-gram rules count the
+characters of every word covered by a repeated n-gram once.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+
+import numpy as np
 
 # Gopher's "at least two of these" stop-word list (Rae et al. 2021, A.1.1).
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
@@ -78,14 +87,18 @@ def ellipsis_lines(lines: Sequence[str], max_fraction: float = 0.3) -> str | Non
 
 
 def alphabetic_words(words: Sequence[str], min_fraction: float = 0.8) -> str | None:
-    """Gopher: at least 80% of words must contain a letter (else code, numbers, markup)."""
-    if not words or sum(any(c.isalpha() for c in w) for w in words) / len(words) < min_fraction:
+    """Gopher: "We also require that 80% of words in a document contain at least one alphabetic
+    character" (else code, numbers, markup)."""
+    alphabetic = sum(1 for w in words if w.isalpha() or any(c.isalpha() for c in w))  # fast path first
+    if not words or alphabetic / len(words) < min_fraction:
         return f"alphabetic_words<{min_fraction:g}"
     return None
 
 
 def stop_words(words: Sequence[str], min_count: int = 2, vocabulary=GOPHER_STOP_WORDS) -> str | None:
-    """Gopher: natural English prose contains at least two of the 8 stop words."""
+    """Gopher: "... remove documents that do not contain at least two of the following English
+    words: the, be, to, of, and, that, have, with". Matched case-insensitively with surrounding
+    punctuation stripped ("The", "with." count), so a sentence-initial "The" is not missed."""
     present = {w.lower().strip(".,;:!?\"'()") for w in words} & vocabulary
     if len(present) < min_count:
         return f"stop_words<{min_count}"
@@ -128,36 +141,78 @@ def duplicate_paragraphs(paragraphs: Sequence[str], max_fraction: float = 0.3,
     return None
 
 
-def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+class NgramStats:
+    """Word n-gram counts of one document for every n, computed once and shared by the n-gram rules.
+
+    Why: the rules ask about n = 2..10; building Python tuples and a Counter for each n was most of
+    the Gopher step's time. Here each distinct word gets an id, and the n-gram ids are built from
+    the (n-1)-gram ids: pairs (id of the (n-1)-gram at i, id of word i+n-1) are ranked with
+    `np.unique`, so equal ids mean exactly equal n-grams (no hashing, no collisions).
+    """
+
+    def __init__(self, words: Sequence[str]) -> None:
+        vocab: dict[str, int] = {}
+        self.ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.int64, count=len(words))
+        self.vocab_size = max(len(vocab), 1)
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        self.chars = np.concatenate([[0], np.cumsum(lengths)])  # chars[j] - chars[i]: characters of words i..j-1
+        self.lengths = lengths
+        self.total = int(self.chars[-1])
+        self._keys: dict[int, np.ndarray] = {}
+        self._stats: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def grams(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(id of the n-gram starting at each position, count of each id, first position of each id)."""
+        if n < 1:
+            raise ValueError(f"n-gram size must be >= 1, got {n}")
+        if n not in self._stats:
+            m = len(self.ids) - n + 1
+            if m <= 0:
+                empty = np.zeros(0, dtype=np.int64)
+                self._stats[n] = (empty, empty, empty)
+                return self._stats[n]
+            if n == 1:
+                pair = self.ids
+            else:
+                if n - 1 not in self._keys:
+                    self.grams(n - 1)
+                pair = self._keys[n - 1][:m] * self.vocab_size + self.ids[n - 1:n - 1 + m]
+            _, first, inverse, counts = np.unique(pair, return_index=True, return_inverse=True, return_counts=True)
+            self._keys[n] = inverse.astype(np.int64)
+            self._stats[n] = (self._keys[n], counts, first)
+        return self._stats[n]
 
 
-def top_ngram_fraction(words: Sequence[str], n: int, max_fraction: float) -> str | None:
+def top_ngram_fraction(words: Sequence[str], n: int, max_fraction: float,
+                       stats: NgramStats | None = None) -> str | None:
     """Gopher: characters covered by the most frequent n-gram (count x its characters) over
-    all word characters; catches "click here click here ..." spam."""
-    grams = _ngrams(words, n)
-    total = sum(map(len, words))
-    if not grams or not total:
+    all word characters; catches "click here click here ..." spam. Among equally frequent
+    n-grams the first to occur counts (as `Counter.most_common`). `stats`: shared `NgramStats`."""
+    stats = stats or NgramStats(words)
+    key, counts, first = stats.grams(n)
+    if not len(key) or not stats.total:
         return None
-    gram, count = Counter(grams).most_common(1)[0]
-    if count > 1 and count * sum(map(len, gram)) / total > max_fraction:
+    top = int(counts.max())
+    start = int(first[counts == top].min())
+    gram_chars = int(stats.chars[start + n] - stats.chars[start])
+    if top > 1 and top * gram_chars / stats.total > max_fraction:
         return f"top_{n}gram>{max_fraction:g}"
     return None
 
 
-def duplicate_ngram_fraction(words: Sequence[str], n: int, max_fraction: float) -> str | None:
-    """Gopher: characters of words covered by any n-gram occurring more than once (each word
-    counted once even if covered by several duplicated n-grams) over all word characters."""
-    grams = _ngrams(words, n)
-    total = sum(map(len, words))
-    if not grams or not total:
+def duplicate_ngram_fraction(words: Sequence[str], n: int, max_fraction: float,
+                             stats: NgramStats | None = None) -> str | None:
+    """Gopher: the fraction of characters "contained within all duplicate n-grams" (n = 5..10):
+    characters of words covered by any n-gram occurring more than once, each word counted once
+    even if covered by several duplicated n-grams (overlapping duplicates are not double counted),
+    over all word characters. `stats`: shared `NgramStats`."""
+    stats = stats or NgramStats(words)
+    key, counts, _ = stats.grams(n)
+    if not len(key) or not stats.total:
         return None
-    counts = Counter(grams)
-    covered = [False] * len(words)
-    for i, g in enumerate(grams):
-        if counts[g] > 1:
-            covered[i:i + n] = [True] * n
-    if sum(len(w) for w, c in zip(words, covered) if c) / total > max_fraction:
+    repeated = (counts[key] > 1).astype(np.int64)
+    covered = np.convolve(repeated, np.ones(n, dtype=np.int64))[:len(stats.lengths)] > 0  # word j: a start in j-n+1..j
+    if int(stats.lengths[covered].sum()) / stats.total > max_fraction:
         return f"duplicate_{n}gram>{max_fraction:g}"
     return None
 
@@ -214,10 +269,11 @@ class GopherQuality:
             paragraphs = [p.strip() for p in text.split("\n\n")]
             out.append(duplicate_paragraphs(paragraphs, self.max_duplicate_paragraphs,
                                             self.max_duplicate_paragraph_chars or 1.0))
+        stats = NgramStats(words) if (self.top_ngram or self.duplicate_ngram) else None
         for n, t in sorted((self.top_ngram or {}).items()):
-            out.append(top_ngram_fraction(words, int(n), t))
+            out.append(top_ngram_fraction(words, int(n), t, stats))
         for n, t in sorted((self.duplicate_ngram or {}).items()):
-            out.append(duplicate_ngram_fraction(words, int(n), t))
+            out.append(duplicate_ngram_fraction(words, int(n), t, stats))
         return [r for r in out if r is not None]
 
     def __call__(self, text: str) -> str | None:
