@@ -84,12 +84,14 @@ class CaptionQualityStep(Step):
         return vars(self.rule)
 
 
-class TextQualityStep(Step):
-    """Gopher quality + repetition rules (`GopherQuality`) on the document or caption text."""
+class DocumentRuleStep(Step):
+    """A step that drops each sample its document rule names a reason for (`rule(text) -> reason | None`)."""
+
+    rule_class: type
 
     def __init__(self, name: str, **kwargs) -> None:
         super().__init__(name)
-        self.rule = GopherQuality.from_config(**kwargs)
+        self.rule = self.rule_class.from_config(**kwargs)
 
     def scan(self, samples):
         out = {}
@@ -98,27 +100,23 @@ class TextQualityStep(Step):
             if reason is not None:
                 out[s["__index__"]] = (reason, None)
         return out
+
+
+class TextQualityStep(DocumentRuleStep):
+    """Gopher quality + repetition rules (`GopherQuality`) on the document or caption text."""
+
+    rule_class = GopherQuality
 
     def describe(self):
         return {k: v for k, v in vars(self.rule).items()}
 
 
-class C4Step(Step):
+class C4Step(DocumentRuleStep):
     """C4's page rules (`C4Quality`): removes the pages C4 drops (too few sentences left after
     its line rules, curly bracket, lorem ipsum, bad words). Kept documents are written unchanged:
     the chain filters, it does not rewrite text, so C4's line removal is `C4Quality.clean`'s."""
 
-    def __init__(self, name: str, **kwargs) -> None:
-        super().__init__(name)
-        self.rule = C4Quality.from_config(**kwargs)
-
-    def scan(self, samples):
-        out = {}
-        for s in samples:
-            reason = self.rule(sample_text(s))
-            if reason is not None:
-                out[s["__index__"]] = (reason, None)
-        return out
+    rule_class = C4Quality
 
     def describe(self):
         return {k: (len(v) if k == "bad_words" and v else v) for k, v in vars(self.rule).items()
