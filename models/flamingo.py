@@ -83,6 +83,12 @@ def media_attention(media_idx: Tensor, num_media: int, tokens_per_media: int, im
     return bias[:, None], has_media
 
 
+def query_dtype(hidden: Tensor) -> torch.dtype:
+    """The dtype the blocks' queries take: autocast's when it is on (bf16-mixed), else the hidden states'."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
 @dataclass
 class MediaState:
     """Set by Flamingo for one forward/generate call; read by every FlamingoLayer."""
@@ -295,7 +301,7 @@ class Flamingo(nn.Module):
         media_idx = torch.minimum(idx, s.num_media[:, None])
         s.seen = media_idx[:, -1]
         _, T, M, _ = s.media.shape
-        s.attn_bias, s.has_media = media_attention(media_idx, T, M, s.immediate, embeds.dtype)
+        s.attn_bias, s.has_media = media_attention(media_idx, T, M, s.immediate, query_dtype(embeds))
         return self.special_tokens.add_to_embeddings(input_ids, embeds)
 
     def _on_logits(self, module: nn.Module, args: tuple, logits: Tensor) -> Tensor:

@@ -208,3 +208,18 @@ def test_too_many_images_in_a_row_is_checked_without_reading_indices(world):
     ids = torch.tensor([[img, a, img, a, img]])
     with pytest.raises(ValueError, match="media number 3 of a row but max_num_media=2"):
         model(ids, torch.ones_like(ids), images(3))
+
+
+def test_under_autocast_the_mask_is_built_in_the_queries_dtype(timed):
+    """bf16-mixed (an fp32 model under autocast): the blocks get a bf16 mask, not an fp32 one each
+    would convert, and the loss is the fp32 one within bf16 tolerance."""
+    model = copy.deepcopy(timed)
+    ids, mask, pix, labels = padded(model)
+    biases = []
+    hook = model.cross_attention[0].register_forward_hook(lambda m, args, out: biases.append(args[2].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(ids, mask, pix, labels)
+    loss.backward()
+    hook.remove()
+    assert biases == [torch.bfloat16]
+    torch.testing.assert_close(loss, model(ids, mask, pix, labels)[1], rtol=2e-2, atol=0)
