@@ -21,16 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data.tokenize import IGNORE_INDEX
 from models.connectors import Connector
 from models.language import LanguageModel, decoder_layer_list
-from models.resampler import PerceiverResampler, feed_forward, merge_heads, split_heads
+from models.losses import chunked_next_token_loss, next_token_loss
+from models.resampler import PerceiverResampler, feed_forward, in_input_dtype, merge_heads, split_heads
 from models.vision import VisionEncoder, encode_without_frozen_graph
 
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
 
 
 class GatedCrossAttentionBlock(nn.Module):
-    """Text (LM width) attends to visual tokens (vision width); tanh gates start at 0 so the LM starts unchanged."""
+    """Text (LM width) attends to visual tokens (vision width); tanh gates start at 0 so the LM starts unchanged.
+
+    Runs in the hidden states' dtype (a bf16 LM's blocks compute in bf16 with their parameters cast,
+    fp32 masters kept), so the hidden states are never copied to the parameters' dtype.
+    """
 
     def __init__(self, dim: int, dim_visual: int, heads: int = 8, dim_head: int = 64, ff_mult: int = 4) -> None:
         super().__init__()
@@ -44,27 +50,43 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = feed_forward(dim, ff_mult)
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
-    def attend(self, x: Tensor, media: Tensor, media_idx: Tensor, immediate: bool) -> Tensor:
-        """x (B, L, D); media (B, T, M, Dv); media_idx (B, L): images at or before each token (0 = none)."""
-        B, T, M, _ = media.shape
-        if T == 0:
+    def attend(self, x: Tensor, media: Tensor, attn_bias: Tensor, has_media: Tensor) -> Tensor:
+        """x (B, L, D); media (B, T, M, Dv); attn_bias (B, 1, L, T*M), has_media (B, L, 1): `media_attention`."""
+        if media.shape[1] == 0:
             return torch.zeros_like(x)
-        slot = torch.arange(1, T + 1, device=x.device)
-        idx = media_idx[..., None]
-        allowed = slot == idx if immediate else slot <= idx  # (B, L, T)
-        has_media = media_idx > 0
-        # Tokens with no image get every key (no all-masked row, so no NaN) and a zeroed output.
-        allowed = (allowed | ~has_media[..., None]).repeat_interleave(M, -1)[:, None]
-        q = split_heads(self.to_q(self.norm(x)), self.heads)
-        k, v = (split_heads(t, self.heads) for t in self.to_kv(media.flatten(1, 2).to(x.dtype)).chunk(2, -1))
-        out = self.to_out(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)))
-        return torch.where(has_media[..., None], out, 0.0)
+        q = split_heads(in_input_dtype(self.to_q, in_input_dtype(self.norm, x)), self.heads)
+        kv = in_input_dtype(self.to_kv, media.flatten(1, 2).to(x.dtype))
+        k, v = (split_heads(t, self.heads) for t in kv.chunk(2, -1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype))
+        return torch.where(has_media, in_input_dtype(self.to_out, merge_heads(out)), 0.0)
 
-    def forward(self, x: Tensor, media: Tensor, media_idx: Tensor, immediate: bool) -> Tensor:
-        h = x.to(self.attn_gate.dtype)
-        h = h + self.attn_gate.tanh() * self.attend(h, media, media_idx, immediate)
-        h = h + self.ff_gate.tanh() * self.ff(h)
-        return h.to(x.dtype)
+    def forward(self, x: Tensor, media: Tensor, attn_bias: Tensor, has_media: Tensor) -> Tensor:
+        h = x + self.attn_gate.tanh().to(x.dtype) * self.attend(x, media, attn_bias, has_media)
+        return h + self.ff_gate.tanh().to(x.dtype) * in_input_dtype(self.ff, h)
+
+
+def media_attention(media_idx: Tensor, num_media: int, tokens_per_media: int, immediate: bool,
+                    dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(attn_bias (B, 1, L, T*M), has_media (B, L, 1)) from media_idx (B, L): images at or before each token.
+
+    Built once per LM call and shared by every block: an additive mask in the queries' dtype (0 where
+    a token may look, -inf elsewhere) is what SDPA's memory-efficient kernel takes without converting.
+    A token sees its latest image (or all earlier ones when not `immediate`); tokens with no image
+    see every key (no all-masked row, so no NaN) and their output is zeroed through has_media.
+    """
+    slot = torch.arange(1, num_media + 1, device=media_idx.device)
+    idx = media_idx[..., None]
+    has_media = idx > 0
+    allowed = (slot == idx if immediate else slot <= idx) | ~has_media  # (B, L, T)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+    bias = bias[..., None].expand(*allowed.shape, tokens_per_media).flatten(-2)
+    return bias[:, None], has_media
+
+
+def query_dtype(hidden: Tensor) -> torch.dtype:
+    """The dtype the blocks' queries take: autocast's when it is on (bf16-mixed), else the hidden states'."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
 @dataclass
@@ -76,7 +98,8 @@ class MediaState:
     media: Tensor | None = None  # (B, T, M, Dv) resampled features, rows zero-padded to T images
     num_media: Tensor | None = None  # (B,) images per row
     seen: Tensor | None = None  # (B,) images in earlier LM calls of this generation (KV cache)
-    media_idx: Tensor | None = None  # (B, L) for the current LM call
+    attn_bias: Tensor | None = None  # (B, 1, L, T*M) for the current LM call (`media_attention`)
+    has_media: Tensor | None = None  # (B, L, 1) for the current LM call
 
     def clear(self) -> None:
         """In place: the wrappers hold this very object."""
@@ -114,7 +137,7 @@ class FlamingoLayer(nn.Module):
     def forward(self, hidden_states: Tensor, *args, **kwargs):
         s = self.state
         if s.active:
-            hidden_states = self.block(hidden_states, s.media, s.media_idx, s.immediate)
+            hidden_states = self.block(hidden_states, s.media, s.attn_bias, s.has_media)
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
 
@@ -138,8 +161,10 @@ class SpecialTokenDeltas(nn.Module):
         return embeds + (match.to(self.input_delta.dtype) @ self.input_delta).to(embeds.dtype)
 
     def add_to_logits(self, hidden: Tensor, logits: Tensor) -> Tensor:
+        """In place (returns `logits`): the (B, L, V) logits are not copied for K columns. Autograd
+        allows it, as the output head's backward does not need its output."""
         extra = (hidden.to(self.output_delta.dtype) @ self.output_delta.T).to(logits.dtype)
-        return logits.index_add(-1, self.token_ids, extra)
+        return logits.index_add_(-1, self.token_ids, extra)
 
 
 class Flamingo(nn.Module):
@@ -147,7 +172,8 @@ class Flamingo(nn.Module):
     A Perceiver Resampler is given each image's place among its row's images (its time embeddings);
     any other connector (e.g. the Shapes demo's `PatchMergerConnector`) maps the tokens alone.
     `decoder_layers_path` (relative to the transformers model, e.g. "transformer.blocks"): where the
-    decoder layers are; None finds them (`decoder_layer_list`)."""
+    decoder layers are; None finds them (`decoder_layer_list`). `loss_chunk_size`: as LLaVA's, the training
+    loss this many positions at a time without full-vocabulary logits (`models.losses`)."""
 
     def __init__(
         self,
@@ -160,6 +186,7 @@ class Flamingo(nn.Module):
         xattn_heads: int = 8,
         xattn_dim_head: int = 64,
         xattn_ff_mult: int = 4,
+        loss_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if cross_attn_every_n_layers < 1:
@@ -168,6 +195,7 @@ class Flamingo(nn.Module):
         self.connector = resampler(vision.dim, vision.dim)
         self.language = language
         self.only_attend_immediate_media = only_attend_immediate_media
+        self.loss_chunk_size = loss_chunk_size
         self.image_token_id = language.image_token_id
         (self.end_of_chunk_token_id,) = language.add_special_tokens([END_OF_CHUNK_TOKEN])
         self.special_tokens = SpecialTokenDeltas([self.image_token_id, self.end_of_chunk_token_id],
@@ -210,29 +238,35 @@ class Flamingo(nn.Module):
                 layers[i] = layer.decoder_layer
         return self.language
 
-    def encode_images(self, pixel_values: Tensor, media_index: Tensor | None = None) -> Tensor:
+    def encode_images(self, pixel_values: Tensor, media_index: Tensor | None = None,
+                      num_media: int | None = None) -> Tensor:
         """(I, 3, H, W) -> (I, M, Dv); `media_index` (I,): each image's place among its row's images
-        (None: each the first). No graph through a frozen tower."""
+        (None: each the first), all below `num_media` when given. No graph through a frozen tower."""
         tokens = encode_without_frozen_graph(self.vision, pixel_values)
         if isinstance(self.connector, PerceiverResampler):
-            return self.connector(tokens, media_index=media_index)
+            return self.connector(tokens, media_index=media_index, num_media=num_media)
         return self.connector(tokens)
 
     def media_per_row(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Images (in `<image>` order, row 0 first) -> zero-padded (B, T, M, Dv) and per-row counts (B,)."""
+        """Images (in `<image>` order, row 0 first) -> zero-padded (B, T, M, Dv) and per-row counts (B,).
+
+        One host sync: T, the most images in a row (the media tensor's shape), read together with
+        the check that the `<image>` tokens and the images agree in number.
+        """
         is_img = input_ids == self.image_token_id
         counts = is_img.sum(1)
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
-        if int(counts.sum()) != n_images:
+        most = torch.cat([counts, counts.new_zeros(1)]).max()  # 0 for an empty batch
+        T = int(torch.where(counts.sum() == n_images, most, -1))
+        if T < 0:
             raise ValueError(f"batch has {int(counts.sum())} <image> tokens but {n_images} images")
-        rows = is_img.nonzero()[:, 0]
-        slots = (is_img.cumsum(1) - 1)[is_img]
+        rows = torch.repeat_interleave(counts, output_size=n_images)  # each image's row
+        slots = torch.arange(n_images, device=counts.device) - (counts.cumsum(0) - counts)[rows]
         if n_images:
-            feats = self.encode_images(pixel_values, slots)
+            feats = self.encode_images(pixel_values, slots, T)
         else:
             dtype = next(self.connector.parameters()).dtype
             feats = torch.zeros(0, self.num_image_tokens, self.vision.dim, device=input_ids.device, dtype=dtype)
-        T = int(counts.max()) if input_ids.shape[0] else 0
         media = feats.new_zeros(input_ids.shape[0], T, *feats.shape[1:])
         return media.index_put((rows, slots), feats), counts
 
@@ -264,8 +298,10 @@ class Flamingo(nn.Module):
         # `<image>` at p conditions positions >= p; cached steps continue the count. Clamped, since
         # generated `<image>` tokens bring no new pixels.
         idx = s.seen[:, None] + (input_ids == self.image_token_id).cumsum(1)
-        s.media_idx = torch.minimum(idx, s.num_media[:, None])
-        s.seen = s.media_idx[:, -1]
+        media_idx = torch.minimum(idx, s.num_media[:, None])
+        s.seen = media_idx[:, -1]
+        _, T, M, _ = s.media.shape
+        s.attn_bias, s.has_media = media_attention(media_idx, T, M, s.immediate, query_dtype(embeds))
         return self.special_tokens.add_to_embeddings(input_ids, embeds)
 
     def _on_logits(self, module: nn.Module, args: tuple, logits: Tensor) -> Tensor:
@@ -275,17 +311,26 @@ class Flamingo(nn.Module):
         """Input embeddings as the LM sees them inside Flamingo (special-token deltas added)."""
         return self.special_tokens.add_to_embeddings(input_ids, self.language.embed(input_ids))
 
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        """The LM's output head plus the special-token deltas, as `_on_logits` gives them inside a call."""
+        return self.special_tokens.add_to_logits(hidden, self.language.output_head(hidden))
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
-                labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Returns (logits, loss); the loss is next-token CE over labels != -100, never on `<image>`."""
+                labels: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """Returns (logits, loss); the loss is next-token CE over labels != -100, never on `<image>`.
+        With `loss_chunk_size` and labels, the loss is chunked and no logits are returned."""
         media, counts = self.media_per_row(input_ids, pixel_values)
-        with self.conditioned_on(media, counts):
-            logits = self.language.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        loss = None
         if labels is not None:
-            labels = labels.masked_fill(labels == self.image_token_id, -100)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return logits, loss
+            labels = labels.masked_fill(labels == self.image_token_id, IGNORE_INDEX)
+        chunked = self.loss_chunk_size is not None and labels is not None
+        with self.conditioned_on(media, counts):
+            if chunked:  # the embedding call sets the media state, as a full LM call does
+                hidden = self.language.hidden_states(self.language.embed(input_ids), attention_mask)
+            else:
+                logits = self.language.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        if chunked:  # outside the hooks: the checkpointed chunks recompute with `output_logits` in the backward too
+            return None, chunked_next_token_loss(hidden, self.output_logits, labels, self.loss_chunk_size)
+        return logits, None if labels is None else next_token_loss(logits, labels)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,

@@ -5,22 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.connectors import Connector, MLPConnector
 from models.language import LanguageModel
-from models.losses import chunked_next_token_loss, next_token_loss
+from models.losses import chunked_next_token_loss, next_token_loss, summed_label_logprobs
 from models.splice import Spliced, splice_image_features
 from models.vision import VisionEncoder, encode_without_frozen_graph
-
-
-def summed_label_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token log-probabilities summed per row over positions whose label is not -100."""
-    target = labels[:, 1:]
-    mask = target != -100
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target.masked_fill(~mask, 0), reduction="none")
-    return -(nll * mask).sum(1)
 
 
 class LLaVA(nn.Module):

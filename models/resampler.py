@@ -20,6 +20,25 @@ def feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
                          nn.Linear(dim * mult, dim, bias=False))
 
 
+def in_input_dtype(module: nn.Module, x: Tensor) -> Tensor:
+    """`module(x)` computed in x's dtype, the parameters cast rather than x, for a Linear, a LayerNorm,
+    a parameter-free layer or a Sequential of these. Why: a bf16 LM's hidden states then get no fp32
+    copy in a block whose trained parameters stay fp32 (their gradients arrive in fp32)."""
+    if isinstance(module, nn.Sequential):
+        for layer in module:
+            x = in_input_dtype(layer, x)
+        return x
+    if isinstance(module, nn.Linear):
+        bias = None if module.bias is None else module.bias.to(x.dtype)
+        return F.linear(x, module.weight.to(x.dtype), bias)
+    if isinstance(module, nn.LayerNorm):
+        weight, bias = (None if t is None else t.to(x.dtype) for t in (module.weight, module.bias))
+        return F.layer_norm(x, module.normalized_shape, weight, bias, module.eps)
+    if next(module.parameters(), None) is not None:
+        raise TypeError(f"in_input_dtype: cannot cast the parameters of a {type(module).__name__}")
+    return module(x)
+
+
 def split_heads(x: Tensor, heads: int) -> Tensor:
     """(..., L, heads * d) -> (..., heads, L, d), the layout scaled_dot_product_attention wants."""
     return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
@@ -79,15 +98,18 @@ class PerceiverResampler(Connector):
     def num_tokens(self, num_patches: int) -> int:
         return self.num_latents
 
-    def forward(self, x: Tensor, media_index: Tensor | None = None) -> Tensor:
-        """`media_index`: (B,) for (B, N, D) input, (B, T) for 5-D input (default: 0..T-1 in every row)."""
+    def forward(self, x: Tensor, media_index: Tensor | None = None, num_media: int | None = None) -> Tensor:
+        """`media_index`: (B,) for (B, N, D) input, (B, T) for 5-D input (default: 0..T-1 in every row).
+        `num_media`: a bound the caller knows (media_index < num_media), checked against max_num_media
+        instead of media_index's values, which the host would wait for."""
         if x.ndim == 3:
-            return self._resample(x[:, None, None], None if media_index is None else media_index[:, None])[:, 0]
+            index = None if media_index is None else media_index[:, None]
+            return self._resample(x[:, None, None], index, num_media)[:, 0]
         if x.ndim == 5:
-            return self._resample(x, media_index)
+            return self._resample(x, media_index, num_media)
         raise ValueError(f"PerceiverResampler expects (B, N, D) or (B, T, F, N, D) input, got {tuple(x.shape)}")
 
-    def _resample(self, x: Tensor, media_index: Tensor | None) -> Tensor:
+    def _resample(self, x: Tensor, media_index: Tensor | None, num_media: int | None) -> Tensor:
         B, T, Fr, N, D = x.shape
         if self.frame_embs is not None:
             if Fr > self.frame_embs.shape[0]:
@@ -100,6 +122,9 @@ class PerceiverResampler(Connector):
                 if T > limit:
                     raise ValueError(f"media number {T} of a row but max_num_media={limit}")
                 media_index = torch.arange(T, device=x.device).expand(B, T)
+            elif num_media is not None:  # checked on the caller's bound: no device sync
+                if num_media > limit:
+                    raise ValueError(f"media number {num_media} of a row but max_num_media={limit}")
             elif media_index.numel() and int(media_index.max()) >= limit:
                 raise ValueError(f"media number {int(media_index.max()) + 1} of a row but max_num_media={limit}")
             x = x + self.media_time_embs[media_index]

@@ -110,6 +110,21 @@ def test_media_index_gives_each_image_its_time_embedding():
         r(flat[:1], media_index=torch.tensor([3]))
 
 
+def test_a_known_media_bound_is_checked_without_reading_the_index():
+    """With `num_media` (the caller's bound on media_index) the same output, no host sync, and the
+    bound, not the values, is what max_num_media is checked against."""
+    from train.host_syncs import HostSyncCounter
+
+    r = small(max_num_media=3).eval()
+    flat, index = torch.randn(4, 5, 16), torch.tensor([0, 1, 2, 0])
+    with HostSyncCounter() as syncs:
+        bounded = r(flat, media_index=index, num_media=3)
+    assert syncs.total == 0
+    torch.testing.assert_close(bounded, r(flat, media_index=index), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="media number 4 of a row but max_num_media=3"):
+        r(flat, media_index=index, num_media=4)
+
+
 def test_llava_with_resampler_connector(tmp_path_factory):
     world = tiny_world(tmp_path_factory.mktemp("world"))
     model = LLaVA(TimmVision(**VISION["init_args"]),
