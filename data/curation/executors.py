@@ -114,7 +114,7 @@ def build_executors(stages: list[tuple[str, list, int]], executor: str, work_dir
         else:
             from datatrove.executor.slurm import SlurmPipelineExecutor
 
-            ex = SlurmPipelineExecutor(workers=workers, job_name=f"curate-{name}", **common, **options)
+            ex = SlurmPipelineExecutor(workers=-1 if workers == -1 else w, job_name=f"curate-{name}", **common, **options)
         out.append(ex)
         prev = ex
     return out
@@ -154,3 +154,42 @@ def curate_with_executor(config: str | Path | Mapping, inputs: Sequence[str] | M
     if executor == "slurm":
         return None
     return json.loads((out / "curation_report.json").read_text())
+
+
+def add_executor_arguments(parser) -> None:
+    """`chimera curate` options for the datatrove executors (used only with --executor)."""
+    g = parser.add_argument_group("scale-out (datatrove executors)")
+    g.add_argument("--executor", choices=EXECUTORS, default=None,
+                   help="run the chain as datatrove stages on this executor (default: one process)")
+    g.add_argument("--tasks", type=int, default=4, help="tasks per parallel stage (shards are dealt round-robin)")
+    g.add_argument("--workers", type=int, default=-1, help="tasks running at once (-1: all)")
+    g.add_argument("--work-dir", default=None,
+                   help="intermediate files, any fsspec URL (default OUT/.work); rerunning resumes")
+    g.add_argument("--partition", help="slurm: partition")
+    g.add_argument("--time", default="04:00:00", help="slurm: time limit per job")
+    g.add_argument("--cpus-per-task", type=int, default=1, help="slurm/ray: CPUs per task")
+    g.add_argument("--mem-per-cpu-gb", type=float, default=2, help="slurm/ray: memory per CPU")
+    g.add_argument("--venv", help="slurm: virtual environment activated in each job (bin/activate)")
+    g.add_argument("--ray-address", default=None, help="ray: cluster address (default: start a local one)")
+
+
+def executor_options(args) -> dict:
+    """Executor keyword arguments from the parsed options."""
+    if args.executor == "slurm":
+        if not args.partition:
+            raise SystemExit("chimera curate: --executor slurm needs --partition")
+        return {"partition": args.partition, "time": args.time, "cpus_per_task": args.cpus_per_task,
+                "mem_per_cpu_gb": args.mem_per_cpu_gb, "venv_path": args.venv}
+    if args.executor == "ray":
+        return {"cpus_per_task": args.cpus_per_task, "mem_per_cpu_gb": args.mem_per_cpu_gb}
+    return {}
+
+
+def run_from_args(args) -> dict | None:
+    """`chimera curate --executor ...`: start Ray if asked, run, return the report (None for slurm)."""
+    if args.executor == "ray":
+        import ray
+
+        ray.init(address=args.ray_address, ignore_reinit_error=True)
+    return curate_with_executor(args.config, args.inputs, args.out, args.executor, args.tasks, args.workers,
+                                args.work_dir, **executor_options(args))
