@@ -20,6 +20,8 @@ from data.curation.curate import _jsonable
 from data.curation.mixtures import mixture_probabilities
 from data.curation.stage_io import SHARD_SHIFT, folder
 
+POS_MASK = (1 << SHARD_SHIFT) - 1
+
 
 class CurationReport(PipelineStep):
     """steps: (name, type name, params) per step, in chain order; executor: what ran it."""
@@ -36,15 +38,26 @@ class CurationReport(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         work, out = folder(self.work_dir), Path(self.out)
-        records = []
-        for shard in range(len(self.shards)):
+
+        def record(shard: int) -> dict:
             with work.open(f"written/{shard:06d}.json", "rt") as f:
-                records.append(json.load(f))
+                return json.load(f)
+
+        # duplicates point at an earlier document: a first pass collects which keys are needed, so
+        # memory holds those keys only, never every document's
+        wanted: dict[int, set[int]] = {}  # shard -> doc ids some duplicate points at
+        for shard in range(len(self.shards)):
+            for r in record(shard)["removed"]:
+                if r["dup"] is not None:
+                    wanted.setdefault(r["dup"] >> SHARD_SHIFT, set()).add(r["dup"])
+        keys: dict[int, str] = {}
         removed_at = [Counter() for _ in self.steps]  # reasons per step
         examples: list[list[dict]] = [[] for _ in self.steps]
         sizes, kept, written = Counter(), Counter(), {name: [] for name in self.sources}
         with (out / "removed.jsonl").open("w") as log:
-            for rec in records:
+            for shard in range(len(self.shards)):
+                rec = record(shard)
+                keys.update((d, rec["keys"][d & POS_MASK]) for d in wanted.pop(shard, ()))
                 name = rec["source"]
                 sizes[name] += rec["input"]
                 kept[name] += rec["kept"]
@@ -53,7 +66,7 @@ class CurationReport(PipelineStep):
                     i = r["step"]
                     row = {"key": r["key"], "source": name, "step": self.steps[i][0], "reason": r["reason"]}
                     if r["dup"] is not None:
-                        row["duplicate_of"] = records[r["dup"] >> SHARD_SHIFT]["keys"][r["dup"] & ((1 << SHARD_SHIFT) - 1)]
+                        row["duplicate_of"] = keys[r["dup"]]
                     log.write(json.dumps(row) + "\n")
                     removed_at[i][r["reason"]] += 1
                     if len(examples[i]) < self.examples:
