@@ -4,7 +4,8 @@ the local executor at 1 and 2 workers, and datatrove's own MinHash pipeline on t
 Corpus: scripts/bench_dedup.py's synthetic documents (random words, planted near-copies with
 ~1% of words replaced), written as JSONL shards. Every run reads the shards, finds near
 duplicates (word 3-grams, 128 hashes, threshold 0.8; datatrove with the same 9 bands x 13
-rows) and writes the kept documents; wall-clock seconds include the executors' process start-up.
+rows) and writes the kept documents; wall-clock seconds include the executors' process start-up
+(both with `fork`ed workers, as `chimera curate --executor local` uses for model-free chains).
 Datatrove gets our shard reader (its JsonlReader needs orjson) and a whitespace word tokenizer
 (faster than its default English one), so its numbers are, if anything, flattering; its shingles
 are hashed with sha1 because its default xxhash call fails with xxhash 4.1 (it refuses str).
@@ -92,7 +93,7 @@ def run_datatrove(inputs, out: Path, tasks: int, workers: int, bands: int, rows:
     ]
     prev = None
     for i, (pipeline, n) in enumerate(stages):
-        prev = LocalPipelineExecutor(pipeline, tasks=n, workers=min(workers, n), depends=prev,
+        prev = LocalPipelineExecutor(pipeline, tasks=n, workers=min(workers, n), depends=prev, start_method="fork",
                                      logging_dir=str(work / f"logs{i}"))
     prev.run()
     kept = {int(k[1:]) for p in (out / "kept").glob("*.parquet") for k in pq.read_table(p, columns=["id"])["id"].to_pylist()}

@@ -185,3 +185,12 @@ def test_ray_executor_on_a_local_cluster(corpus, single_text, tmp_path):
     finally:
         ray.shutdown()
     assert_same_run(single_text[0], tmp_path / "out")
+
+
+def test_local_workers_fork_unless_a_stage_holds_a_model(corpus, tmp_path):
+    from data.curation.executors import local_start_method
+
+    text = plan_stages(TEXT_CONFIG, _inputs(corpus), tmp_path / "o", str(tmp_path / "w"), tasks=2)
+    assert local_start_method(text) == "fork"
+    clip = {"steps": [{"type": "clip_score", "threshold": 0.5, "model": {"class_path": "torch.nn.Identity"}}]}
+    assert local_start_method(plan_stages(clip, _inputs(corpus), tmp_path / "o", str(tmp_path / "w"), tasks=2)) == "forkserver"
