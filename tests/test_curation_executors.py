@@ -194,3 +194,18 @@ def test_local_workers_fork_unless_a_stage_holds_a_model(corpus, tmp_path):
     assert local_start_method(text) == "fork"
     clip = {"steps": [{"type": "clip_score", "threshold": 0.5, "model": {"class_path": "torch.nn.Identity"}}]}
     assert local_start_method(plan_stages(clip, _inputs(corpus), tmp_path / "o", str(tmp_path / "w"), tasks=2)) == "forkserver"
+
+
+def test_work_folder_on_an_fsspec_file_system(corpus, single_text, tmp_path):
+    """Every hand-over between stages goes through fsspec: with the work folder on fsspec's
+    in-memory file system (one process, so the tasks share it) nothing lands on local disk but
+    the outputs, which equal the single-process run's."""
+    import fsspec
+
+    work = "memory://curation-test-work"
+    curate_with_executor(TEXT_CONFIG, _inputs(corpus), tmp_path / "out", "local", tasks=3, workers=1, work_dir=work)
+    assert_same_run(single_text[0], tmp_path / "out")
+    fs = fsspec.filesystem("memory")
+    assert fs.exists(f"{work}/plan.json") and fs.glob(f"{work}/state/step01/*.npz")
+    assert len(fs.glob(f"{work}/removals/step00/*.jsonl")) > 0 and not (tmp_path / "out" / ".work").exists()
+    fs.rm(work, recursive=True)
