@@ -175,7 +175,7 @@ def test_cli_options(corpus, tmp_path, capsys):
         curate_with_executor(TEXT_CONFIG, _inputs(corpus), tmp_path / "x", "local", tasks=0)
 
 
-@pytest.mark.slow  # ~23 s on 2 shared cores, two thirds of it Ray starting its local cluster
+@pytest.mark.slow  # 10-23 s on 2 shared cores, most of it Ray starting its local cluster
 def test_ray_executor_on_a_local_cluster(corpus, single_text, tmp_path):
     """A 2-CPU Ray cluster started by the test runs the stages as Ray tasks."""
     ray = pytest.importorskip("ray")
