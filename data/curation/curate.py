@@ -479,8 +479,14 @@ def curate_main(argv: list[str]) -> None:
     parser.add_argument("--in", dest="inputs", action="append", required=True, metavar="[NAME=]PATTERN",
                         help="input shards (glob, brace pattern or directory of .tar/.jsonl); repeat for several sources")
     parser.add_argument("--out", required=True, help="output directory")
+    from data.curation.executors import add_executor_arguments, run_from_args
+
+    add_executor_arguments(parser)
     args = parser.parse_args(argv)
-    report = curate(args.config, args.inputs, args.out)
+    report = run_from_args(args) if args.executor else curate(args.config, args.inputs, args.out)
+    if report is None:  # slurm: submitted; the report is written by the last job
+        print(f"submitted; report: {Path(args.out) / 'curation_report.json'}")
+        return
     for s in report["steps"]:
         print(f"{s['name']:<20} in {s['input']:>8}  kept {s['kept']:>8}  removed {s['removed']:>8}  "
               f"{', '.join(f'{k}: {v}' for k, v in list(s['reasons'].items())[:4])}")
