@@ -16,8 +16,8 @@ found, or any link between unrelated documents, counts against it).
 
     python scripts/bench_dedup.py --recall --pairs 200
 
-Benchmark-only dependencies, not imported by the package: `pip install datasketch datatrove` (the
-`bench` extra in pyproject.toml).
+datasketch is benchmark-only (`pip install datasketch`, the `bench` extra in pyproject.toml);
+datatrove is a dependency (the curation executors run on it).
 datatrove's English word tokenizer is NLTK punkt (a model download); the bench hands datatrove
 `SplitWords`, a regex word splitter, through datatrove's own `WordTokenizer` interface. The
 datatrove rows use its MinhashConfig defaults (14 buckets x 8 hashes, 5-grams, its text

@@ -9,7 +9,7 @@ from a fixed vocabulary with stop words, one paragraph per line, 2 to 40 sentenc
 Every method sees the same texts in one process; each figure is documents / second of wall time
 for that step alone on one core (the best of `--repeat` runs).
 
-datatrove (benchmark-only: `pip install datatrove`) tokenizes English with NLTK punkt, a model
+datatrove (a dependency: the curation executors run on it) tokenizes English with NLTK punkt, a model
 download; its steps get `SplitWords` from scripts/bench_dedup.py (its own sentence regex, a regex
 word splitter) through its `WordTokenizer` interface, and its MinHash uses its sha1 hash (see
 scripts/bench_dedup.py for why). Its MinHash figure is `get_shingles` + `get_signature` per
