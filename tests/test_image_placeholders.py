@@ -165,7 +165,8 @@ def test_compiled_training_step_equals_eager(model, world):
             model.zero_grad()
             loss = fn(**_inputs(batch))
             loss.backward()
-            grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+            grads.append((loss.detach(),
+                          {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
         (eager_loss, eager), (compiled_loss, traced) = grads
         torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6, msg=layout)
         assert eager.keys() == traced.keys() and len(eager) > 10
