@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from data.image_placeholders import ImagePlaceholders
 from data.tokenize import IGNORE_INDEX
 
 
@@ -58,19 +59,36 @@ def count_targets(labels: Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-class Collator:
-    """`left_pad` for generation prompts; right padding for training."""
+def widened(items: list[dict], placeholders: ImagePlaceholders | None) -> list[dict]:
+    """The items with each `<image>` widened to its placeholders (`data.image_placeholders`); as they
+    are without (a model that does not read images from its sequence, e.g. Flamingo)."""
+    if placeholders is None:
+        return items
+    out = []
+    for it in items:
+        ids, labels = placeholders.widen(it["input_ids"], it.get("labels"))
+        out.append({**it, "input_ids": ids, **({} if labels is None else {"labels": labels})})
+    return out
 
-    def __init__(self, pad_token_id: int, left_pad: bool = False) -> None:
-        self.pad_token_id, self.left_pad = pad_token_id, left_pad
+
+class Collator:
+    """`left_pad` for generation prompts; right padding for training. `placeholders` (a LLaVA's
+    `image_placeholders`): widen each `<image>` and add the placeholders' `image_positions`."""
+
+    def __init__(self, pad_token_id: int, left_pad: bool = False,
+                 placeholders: ImagePlaceholders | None = None) -> None:
+        self.pad_token_id, self.left_pad, self.placeholders = pad_token_id, left_pad, placeholders
 
     def __call__(self, items: list) -> dict:
         good, batch = usable(items)
         if not good:
             return batch
+        good = widened(good, self.placeholders)
         ids = [it["input_ids"] for it in good]
         batch["input_ids"] = pad_rows(ids, self.pad_token_id, self.left_pad)
         batch["attention_mask"] = pad_rows([torch.ones_like(r) for r in ids], 0, self.left_pad)
+        if self.placeholders is not None:
+            batch["image_positions"] = self.placeholders.positions(batch["input_ids"])
         if "labels" in good[0]:
             batch["labels"] = pad_rows([it["labels"] for it in good], IGNORE_INDEX, self.left_pad)
             batch["num_targets"] = count_targets(batch["labels"])

@@ -3,17 +3,18 @@
 Why: instruction data is mostly short answers with a few long samples (LLaVA's mix), so a
 padded batch spends most of its compute on padding. A step still takes the same samples
 (the loss is the same mean over the same target tokens); they are packed first-fit
-decreasing into rows of at most `max_length` LM positions, counting each `<image>` as the
-`image_tokens` positions it widens to. Each token carries its sample's index in the row
-(`segment_ids`, -1 on padding); the model restarts position ids there, and transformers keeps
-attention block-diagonal (sdpa/eager masks, or flash-attention's varlen path).
+decreasing into rows of at most `max_length` LM positions, after each `<image>` is widened to its
+placeholders (`data.image_placeholders`), so a row's length is its length on the device. Each
+token carries its sample's index in the row (`segment_ids`, -1 on padding); the model restarts
+position ids there and keeps attention inside each sample (`models.packed_attention`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from data.collate import count_targets, pad_rows, usable
+from data.collate import count_targets, pad_rows, usable, widened
+from data.image_placeholders import ImagePlaceholders
 from data.tokenize import IGNORE_INDEX
 
 
@@ -35,23 +36,19 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 class PackingCollator:
     """Training batches of packed rows: `input_ids`, `labels`, `attention_mask`, `segment_ids`,
-    `pixel_values` in the order the rows mention their images."""
+    `image_positions`, `pixel_values` in the order the rows mention their images."""
 
-    def __init__(self, pad_token_id: int, image_token_id: int, image_tokens: int, max_length: int) -> None:
+    def __init__(self, pad_token_id: int, placeholders: ImagePlaceholders, max_length: int) -> None:
         if max_length < 1:
             raise ValueError(f"packing max_length must be positive, got {max_length}")
-        self.pad_token_id, self.image_token_id = pad_token_id, image_token_id
-        self.image_tokens, self.max_length = image_tokens, max_length
-
-    def lm_length(self, input_ids: torch.Tensor) -> int:
-        """Positions a sample takes in the LM once its `<image>` tokens are widened."""
-        return len(input_ids) + int((input_ids == self.image_token_id).sum()) * (self.image_tokens - 1)
+        self.pad_token_id, self.placeholders, self.max_length = pad_token_id, placeholders, max_length
 
     def __call__(self, items: list) -> dict:
         good, batch = usable(items)
         if not good:
             return batch
-        bins = first_fit_decreasing([self.lm_length(it["input_ids"]) for it in good], self.max_length)
+        good = widened(good, self.placeholders)
+        bins = first_fit_decreasing([len(it["input_ids"]) for it in good], self.max_length)
         ids, labels, segments, pixels = [], [], [], []
         for members in bins:
             row = [good[i] for i in members]
@@ -64,6 +61,7 @@ class PackingCollator:
             pixels += [it["pixel_values"] for it in row if it["pixel_values"] is not None]
         batch["input_ids"] = pad_rows(ids, self.pad_token_id, left=False)
         batch["attention_mask"] = pad_rows([torch.ones_like(r) for r in ids], 0, left=False)
+        batch["image_positions"] = self.placeholders.positions(batch["input_ids"])
         batch["labels"] = pad_rows(labels, IGNORE_INDEX, left=False)
         batch["num_targets"] = count_targets(batch["labels"])
         batch["segment_ids"] = pad_rows(segments, -1, left=False)

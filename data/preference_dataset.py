@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from data.collate import Collator, Dropped, Unreadable, usable
 from data.conversation_dataset import image_root, load_pixels, read_records
+from data.image_placeholders import ImagePlaceholders
 from data.templates import IMAGE_TOKEN, ChatTemplate
 from data.tokenize import Unfit, tokenize_conversation
 
@@ -63,10 +64,11 @@ class PreferenceDataset(Dataset):
 
 
 class PreferenceCollator:
-    """[chosen_1..chosen_B, rejected_1..rejected_B] as one right-padded batch."""
+    """[chosen_1..chosen_B, rejected_1..rejected_B] as one right-padded batch; `placeholders` as
+    for `Collator`."""
 
-    def __init__(self, pad_token_id: int) -> None:
-        self.rows = Collator(pad_token_id)
+    def __init__(self, pad_token_id: int, placeholders: ImagePlaceholders | None = None) -> None:
+        self.rows = Collator(pad_token_id, placeholders=placeholders)
 
     def __call__(self, items: list) -> dict:
         good, counts = usable(items)

@@ -177,8 +177,8 @@ def chimera_to_hf_llava(model) -> dict[str, Tensor]:
 def export_hf_llava(model, out_dir: str | Path, template=None) -> Path:
     """Write a directory that `LlavaForConditionalGeneration.from_pretrained` (and `AutoProcessor`) load.
 
-    HF LLaVA expands nothing: its `input_ids` must hold `image_seq_length` `<image>` tokens per
-    image where ours hold one (the processor does that expansion from the saved config).
+    Both models take the same `input_ids`: `image_seq_length` `<image>` tokens per image (HF's
+    processor widens them from the saved config, our collators from `LLaVA.image_placeholders`).
     The tokenizer and processor carry `template` (default `ChatTemplate()`) as their Jinja
     `chat_template`, and the image processor is the tower's transform (`models.hf_image_processor`),
     so HF users get the prompts and pixels the model was trained on.

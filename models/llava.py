@@ -1,4 +1,9 @@
-"""LLaVA composition: vision -> connector -> language model, image features spliced at `<image>`."""
+"""LLaVA composition: vision -> connector -> language model, image features written at `<image>` placeholders.
+
+The collators widen each `<image>` to one placeholder per image feature and find their positions
+on the host (`data.image_placeholders`, as transformers' LLaVA processor and nanoVLM do), so a
+training step has fixed shapes, waits for the device nowhere and compiles as one graph.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from data.image_placeholders import ImagePlaceholders
 from models.connectors import Connector, MLPConnector
 from models.language import LanguageModel
 from models.losses import chunked_next_token_loss, next_token_loss, summed_label_logprobs
-from models.splice import Spliced, splice_image_features
+from models.sample_attention import sample_causal_mask, segment_positions
 from models.vision import VisionEncoder, encode_without_frozen_graph
 
 
@@ -42,47 +48,64 @@ class LLaVA(nn.Module):
     def num_image_tokens(self) -> int:
         return self.connector.num_tokens(self.vision.num_patches)
 
+    @property
+    def image_placeholders(self) -> ImagePlaceholders:
+        """How the data side widens each `<image>` for this model: the one source of that width."""
+        return ImagePlaceholders(self.language.image_token_id, self.num_image_tokens)
+
     def encode_images(self, pixel_values: Tensor) -> Tensor:
         """(I, 3, H, W) -> (I, M, D) LM-space image embeddings; no graph through a frozen tower."""
         return self.connector(encode_without_frozen_graph(self.vision, pixel_values))
 
-    def embed(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None,
-              labels: Tensor | None = None, left_pad: bool = False, segment_ids: Tensor | None = None) -> Spliced:
+    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_positions: Tensor | None = None) -> Tensor:
+        """(B, T, D) token embeddings with the images' features written at their placeholders.
+
+        `image_positions` (`ImagePlaceholders.positions`): collators find them on the host, so a
+        step never waits for the device; without them they are found here (one host sync).
+        """
         text = self.language.embed(input_ids)
-        if pixel_values is None or pixel_values.shape[0] == 0:
-            images = text.new_zeros(0, self.num_image_tokens, text.shape[-1])
-        else:
-            images = self.encode_images(pixel_values)
-        return splice_image_features(input_ids, text, images, self.language.image_token_id, attention_mask, labels,
-                                     left_pad=left_pad, segment_ids=segment_ids)
+        if image_positions is None:
+            image_positions = self.image_placeholders.positions(input_ids)
+        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if image_positions.shape[0] != n_images * self.num_image_tokens:
+            raise ValueError(f"the batch has {image_positions.shape[0]} <image> placeholders for {n_images} images of "
+                             f"{self.num_image_tokens} tokens: collate with this model's image_placeholders")
+        if n_images == 0:
+            return text
+        images = self.encode_images(pixel_values).to(text.dtype)
+        return text.flatten(0, 1).index_copy(0, image_positions, images.flatten(0, 1)).view_as(text)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
-                labels: Tensor | None = None, segment_ids: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+                labels: Tensor | None = None, segment_ids: Tensor | None = None,
+                image_positions: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Returns (logits, loss); the loss is next-token CE over positions whose label is not -100.
 
-        `segment_ids` marks packed rows (`data.packing`): attention stays inside each sample.
+        `segment_ids` marks packed rows (`data.packing`): attention stays inside each sample and
+        positions restart at each; an unpacked row is one sample after its padding (either side).
         """
-        s = self.embed(input_ids, attention_mask, pixel_values, labels, segment_ids=segment_ids)
-        mask = None if s.position_ids is not None else s.attention_mask
-        if self.loss_chunk_size is not None and s.labels is not None:
-            hidden = self.language.hidden_states(s.embeds, mask, s.position_ids)
-            return None, chunked_next_token_loss(hidden, self.language.output_head, s.labels, self.loss_chunk_size)
-        logits = self.language(s.embeds, mask, s.position_ids)
-        return logits, None if s.labels is None else next_token_loss(logits, s.labels)
+        embeds = self.embed(input_ids, pixel_values, image_positions)
+        segments = attention_mask.long() - 1 if segment_ids is None else segment_ids
+        mask = sample_causal_mask(self.language.model.config, embeds, segments)
+        positions = segment_positions(segments)
+        if self.loss_chunk_size is not None and labels is not None:
+            hidden = self.language.hidden_states(embeds, mask, positions)
+            return None, chunked_next_token_loss(hidden, self.language.output_head, labels, self.loss_chunk_size)
+        logits = self.language(embeds, mask, positions)
+        return logits, None if labels is None else next_token_loss(logits, labels)
 
     def sequence_logprobs(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None,
-                          labels: Tensor) -> Tensor:
+                          labels: Tensor, image_positions: Tensor | None = None) -> Tensor:
         """(B,) sum of log p(label token) over each row's labelled positions (DPO's policy terms)."""
-        s = self.embed(input_ids, attention_mask, pixel_values, labels)
-        return summed_label_logprobs(self.language(s.embeds, s.attention_mask), s.labels)
+        logits, _ = self(input_ids, attention_mask, pixel_values, image_positions=image_positions)
+        return summed_label_logprobs(logits, labels)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
                  max_new_tokens: int = 16, **kwargs) -> Tensor:
-        """Greedy by default; prompts must be left-padded. Returns only the new token ids."""
-        s = self.embed(input_ids, attention_mask, pixel_values, left_pad=True)
+        """Greedy by default; prompts (`<image>` widened) must be left-padded. Returns only the new token ids."""
+        embeds = self.embed(input_ids, pixel_values)
         tok = self.tokenizer
         kwargs = {"do_sample": False, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **kwargs}
         return self.language.model.generate(
-            inputs_embeds=s.embeds, attention_mask=s.attention_mask, max_new_tokens=max_new_tokens, **kwargs
+            inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **kwargs
         )

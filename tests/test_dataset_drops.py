@@ -9,6 +9,7 @@ from PIL import Image
 
 from data.collate import Collator, Dropped
 from data.conversation_dataset import ConversationDataset
+from data.image_placeholders import ImagePlaceholders
 from data.packing import PackingCollator
 from data.templates import ChatTemplate
 from data.tokenize import IGNORE_INDEX, tokenize_conversation
@@ -52,12 +53,14 @@ def test_unfit_samples_are_dropped_and_counted(tok, tmp_path):
     assert items[0]["input_ids"].tolist() == fits
     assert [it.sample for it in items if isinstance(it, Dropped)] == ["image_past_the_end", "first_turn_too_long"]
     assert "cut an <image>" in items[1].reason and "no target" in items[2].reason
-    for collate in (Collator(tok.pad_token_id),
-                    PackingCollator(tok.pad_token_id, tok.convert_tokens_to_ids("<image>"), IMAGE_TOKENS, max_length)):
+    placeholders = ImagePlaceholders(tok.convert_tokens_to_ids("<image>"), IMAGE_TOKENS)
+    for collate in (Collator(tok.pad_token_id), Collator(tok.pad_token_id, placeholders=placeholders),
+                    PackingCollator(tok.pad_token_id, placeholders, max_length)):
         batch = collate(items + [None])
         assert (batch["skipped"], batch["dropped"]) == (1, 2)
         assert batch["pixel_values"].shape[0] == 1
         assert ((batch["labels"] != IGNORE_INDEX).sum(1) > 0).all()  # every row has a target: no NaN loss
+    assert batch["input_ids"].shape[1] == max_length  # widened, the image sample fills the budget exactly
     assert Collator(tok.pad_token_id)(items[1:3]) == {"skipped": 0, "dropped": 2, "unreadable": [], "samples": 2}
 
 

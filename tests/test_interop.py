@@ -43,19 +43,15 @@ def llava_config(tok: str) -> dict:
 
 
 def batch(model, image_positions=(1, 3), length=7):
-    """Two rows without padding, one `<image>` each at different positions."""
+    """Two rows without padding, one `<image>` each at different positions, widened to its
+    placeholders (the input both our LLaVA and transformers' take)."""
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(5, 250, (2, length), generator=g)
     for row, pos in enumerate(image_positions):
         ids[row, pos] = model.language.image_token_id
+    ids = torch.stack([model.image_placeholders.widen(row)[0] for row in ids])
     pixels = torch.randn(2, 3, CLIP["image_size"], CLIP["image_size"], generator=g)
     return ids, torch.ones_like(ids), pixels
-
-
-def expand_image_tokens(ids: torch.Tensor, image_id: int, n: int) -> torch.Tensor:
-    """HF LLaVA's input: each `<image>` repeated once per image feature (what its processor does)."""
-    rows = [torch.repeat_interleave(r, torch.where(r == image_id, n, 1)) for r in ids]
-    return torch.stack(rows)
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +75,22 @@ def test_hf_llava_export_has_equal_logits(exported):
     ids, mask, pixels = batch(model)
     with torch.no_grad():
         ours, _ = model(ids, mask, pixels)
-        hf_ids = expand_image_tokens(ids, model.language.image_token_id, model.num_image_tokens)
-        theirs = hf(input_ids=hf_ids, attention_mask=torch.ones_like(hf_ids), pixel_values=pixels).logits
+        theirs = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
     assert theirs.shape == ours.shape
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
-def test_hf_llava_processor_expands_image_tokens_like_our_splice(exported):
+def test_hf_llava_processor_widens_image_tokens_like_our_collators(exported):
     import PIL.Image
     from transformers import AutoProcessor
 
     model, root = exported
     processor = AutoProcessor.from_pretrained(root / "hf")
-    out = processor(text="<image>\nwhat colour", images=PIL.Image.new("RGB", (40, 30)), return_tensors="pt")
-    assert int((out["input_ids"] == model.language.image_token_id).sum()) == model.num_image_tokens
+    text = "<image>\nwhat colour"
+    out = processor(text=text, images=PIL.Image.new("RGB", (40, 30)), return_tensors="pt")
+    ours, _ = model.image_placeholders.widen(torch.tensor(model.tokenizer(text)["input_ids"]))
+    assert out["input_ids"][0].tolist() == ours.tolist()
+    assert int((ours == model.language.image_token_id).sum()) == model.num_image_tokens
     assert tuple(out["pixel_values"].shape[-2:]) == (CLIP["image_size"],) * 2
 
 
@@ -169,9 +167,8 @@ def test_hf_llava_chat_template_renders_our_prompt(exported_llava15):
     assert text == "<s>" + "".join(s.text for s in ours)  # this tokenizer adds no BOS itself: the template does
     assert text.startswith("<s>A chat between a curious user") and text.endswith(" ASSISTANT:")
     ids = processor(text=text, images=non_square_image(), return_tensors="pt")["input_ids"]
-    our_ids = torch.tensor([tokenize_prompt("what colour is the square", module.model.tokenizer, module.template)])
-    image_id = module.model.language.image_token_id
-    assert torch.equal(ids, expand_image_tokens(our_ids, image_id, module.model.num_image_tokens))
+    our_ids = torch.tensor(tokenize_prompt("what colour is the square", module.model.tokenizer, module.template))
+    assert torch.equal(ids[0], module.model.image_placeholders.widen(our_ids)[0])  # what our collators feed
     assert "backend=\"pil\"" in (root / "hf" / "README.md").read_text()
 
 

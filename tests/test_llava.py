@@ -26,13 +26,13 @@ def module(world):
 def _train_batch(module, world, n=4):
     m = module.model
     ds = ConversationDataset(world / "train.json", m.tokenizer, module.template, m.vision.transform(), max_turns=2)
-    return Collator(m.tokenizer.pad_token_id)([ds[i] for i in range(n)])
+    return Collator(m.tokenizer.pad_token_id, placeholders=m.image_placeholders)([ds[i] for i in range(n)])
 
 
 def _prompt_batch(module, world, idx):
     m = module.model
     ds = QADataset(world / "val_qa.jsonl", m.tokenizer, module.template, m.vision.transform())
-    return Collator(m.tokenizer.pad_token_id, left_pad=True)([ds[i] for i in idx])
+    return Collator(m.tokenizer.pad_token_id, left_pad=True, placeholders=m.image_placeholders)([ds[i] for i in idx])
 
 
 def test_loss_falls_when_training(module, world):
@@ -72,8 +72,9 @@ def test_image_changes_the_logits(module, world):
     batch = _train_batch(module, world, n=2)
     logits, _ = module.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
     swapped, _ = module.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"].flip(0))
-    n_img = module.model.num_image_tokens
-    assert logits.shape[1] == batch["input_ids"].shape[1] - 1 + n_img
+    n_img = module.model.num_image_tokens  # one image per row, widened to its placeholders
+    assert ((batch["input_ids"] == module.model.language.image_token_id).sum(1) == n_img).all()
+    assert logits.shape[1] == batch["input_ids"].shape[1]
     assert not torch.allclose(logits[0, -1], swapped[0, -1])
 
 

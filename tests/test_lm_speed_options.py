@@ -86,7 +86,7 @@ def test_a_frozen_lm_still_recomputes_its_checkpointed_layers(tmp_path):
     assert not lm.training and all(not m.training for m in decoder_layers(lm.model)[0].modules()
                                    if m is not decoder_layers(lm.model)[0])
     image = lm.image_token_id
-    ids = torch.tensor([[1, image, 5, 6, 7]])
+    ids = module.model.image_placeholders.widen(torch.tensor([1, image, 5, 6, 7]))[0][None]
     _, loss = module.model(ids, torch.ones_like(ids), torch.randn(1, 3, 75, 75), ids.clone())
     assert len(calls) == LM_CONFIG["num_hidden_layers"]
     loss.backward()

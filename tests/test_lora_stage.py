@@ -49,7 +49,8 @@ def _batch(module, world):
 
     ds = ConversationDataset(world / "train.json", module.model.tokenizer, module.template,
                              module.model.vision.transform(), max_turns=2)
-    return Collator(module.model.tokenizer.pad_token_id)([ds[i] for i in range(4)])
+    return Collator(module.model.tokenizer.pad_token_id, placeholders=module.model.image_placeholders)(
+        [ds[i] for i in range(4)])
 
 
 def _logits(module, batch):

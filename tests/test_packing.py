@@ -7,7 +7,7 @@ from data.collate import Collator
 from data.conversation_dataset import ConversationDataset
 from data.packing import PackingCollator, first_fit_decreasing
 from models.losses import chunked_next_token_loss, next_token_loss
-from models.splice import segment_positions
+from models.sample_attention import segment_positions
 from tests.tiny import module_config, tiny_world
 from train.checkpoint import build_module
 
@@ -35,8 +35,7 @@ def _samples(model, world, n=8):
 def _grads(model, batch):
     model.zero_grad()
     kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
-    if "segment_ids" in batch:
-        kwargs["segment_ids"] = batch["segment_ids"]
+    kwargs.update({k: batch[k] for k in ("segment_ids", "image_positions") if k in batch})
     _, loss = model(**kwargs)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -57,17 +56,17 @@ def test_segment_positions_restart_per_sample():
 
 def test_packed_loss_and_gradients_equal_padded(model, world):
     samples = _samples(model, world)
-    padded = Collator(model.tokenizer.pad_token_id)(samples)
-    packer = PackingCollator(model.tokenizer.pad_token_id, model.language.image_token_id, model.num_image_tokens,
-                             max_length=1)
-    packer.max_length = 3 * max(packer.lm_length(s["input_ids"]) for s in samples)
-    packed = packer(samples)
+    placeholders = model.image_placeholders
+    padded = Collator(model.tokenizer.pad_token_id, placeholders=placeholders)(samples)
+    longest = max(len(placeholders.widen(s["input_ids"])[0]) for s in samples)
+    packed = PackingCollator(model.tokenizer.pad_token_id, placeholders, max_length=3 * longest)(samples)
     assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # rows really hold several samples
     assert packed["pixel_values"].shape == padded["pixel_values"].shape
     # same tokens: every sample's id sequence appears once, in one row, inside its own segment
     for s in samples:
         hits = [(r, k) for r in range(packed["input_ids"].shape[0]) for k in packed["segment_ids"][r].unique().tolist()
-                if k >= 0 and torch.equal(packed["input_ids"][r][packed["segment_ids"][r] == k], s["input_ids"])]
+                if k >= 0 and torch.equal(packed["input_ids"][r][packed["segment_ids"][r] == k],
+                                          placeholders.widen(s["input_ids"])[0])]
         assert hits
     loss_pad, grads_pad = _grads(model, padded)
     loss_pack, grads_pack = _grads(model, packed)
@@ -80,14 +79,13 @@ def test_packed_loss_and_gradients_equal_padded(model, world):
 def test_packing_without_segments_would_leak(model, world):
     """The control: the same packed rows with ordinary causal attention give a different loss."""
     samples = _samples(model, world)
-    packer = PackingCollator(model.tokenizer.pad_token_id, model.language.image_token_id, model.num_image_tokens,
-                             max_length=10_000)
+    packer = PackingCollator(model.tokenizer.pad_token_id, model.image_placeholders, max_length=10_000)
     packed = packer(samples)
     with torch.no_grad():
         _, leaky = model(packed["input_ids"], packed["attention_mask"], packed["pixel_values"], packed["labels"])
         _, kept = model(packed["input_ids"], packed["attention_mask"], packed["pixel_values"], packed["labels"],
                         segment_ids=packed["segment_ids"])
-        padded = Collator(model.tokenizer.pad_token_id)(samples)
+        padded = Collator(model.tokenizer.pad_token_id, placeholders=model.image_placeholders)(samples)
         _, ref = model(padded["input_ids"], padded["attention_mask"], padded["pixel_values"], padded["labels"])
     torch.testing.assert_close(kept, ref, rtol=1e-5, atol=1e-6)
     assert abs(leaky.item() - ref.item()) > 1e-4
@@ -111,7 +109,7 @@ def test_chunked_loss_equals_plain_loss_and_gradients():
 
 
 def test_llava_chunked_loss_equals_plain(model, world):
-    batch = Collator(model.tokenizer.pad_token_id)(_samples(model, world, n=4))
+    batch = Collator(model.tokenizer.pad_token_id, placeholders=model.image_placeholders)(_samples(model, world, n=4))
     loss_plain, grads_plain = _grads(model, batch)
     model.loss_chunk_size = 5
     loss_chunk, grads_chunk = _grads(model, batch)

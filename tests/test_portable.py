@@ -97,8 +97,13 @@ def _batch(module, image: str):
     from data.images import load_image
     from data.tokenize import tokenize_prompt
 
+    from train.data_module import image_placeholders
+
     model = module.model
-    ids = torch.tensor([tokenize_prompt(PROMPTS[0][0], model.tokenizer, module.template, image=True)])
+    ids = torch.tensor(tokenize_prompt(PROMPTS[0][0], model.tokenizer, module.template, image=True))
+    if image_placeholders(model) is not None:  # a LLaVA reads its image tokens from the sequence
+        ids = image_placeholders(model).widen(ids)[0]
+    ids = ids[None]
     pixels = model.vision.transform(train=False)(load_image(image))[None]
     return ids, torch.ones_like(ids), pixels
 

@@ -124,6 +124,8 @@ def test_llava_with_qformer_connector(tmp_path_factory):
     img = model.language.image_token_id
     ids = torch.tensor([[5, img, 6, 7], [8, 9, img, 10]])
     labels = torch.tensor([[-100, -100, 6, 7], [-100, -100, -100, 10]])
+    rows = [model.image_placeholders.widen(i, lab) for i, lab in zip(ids, labels)]  # what the collators feed
+    ids, labels = torch.stack([i for i, _ in rows]), torch.stack([lab for _, lab in rows])
     logits, loss = model(ids, torch.ones_like(ids), torch.randn(2, 3, 75, 75), labels)
     assert logits.shape[:2] == (2, 4 - 1 + 4)
     assert torch.isfinite(loss)

@@ -10,15 +10,23 @@ from torch.utils.data import DataLoader
 
 from data.collate import Collator
 from data.conversation_dataset import ConversationDataset, QADataset
+from data.image_placeholders import ImagePlaceholders
 from data.packing import PackingCollator
 from data.preference_dataset import PreferenceCollator, PreferenceDataset
 from data.sampling import ResumableSampler
 from models.llava import LLaVA
 
 
-def image_positions(model) -> int | None:
-    """LM positions one `<image>` takes: LLaVA splices its image tokens in; a Flamingo keeps one."""
-    return model.num_image_tokens if isinstance(model, LLaVA) else None
+def image_placeholders(model) -> ImagePlaceholders | None:
+    """How collators widen `<image>` for `model`: a LLaVA reads its image tokens from the sequence;
+    None for a Flamingo, which keeps one `<image>` and attends to images by cross-attention."""
+    return model.image_placeholders if isinstance(model, LLaVA) else None
+
+
+def image_width(model) -> int | None:
+    """LM positions one `<image>` takes, as the token budget `max_length` counts it; None: one."""
+    placeholders = image_placeholders(model)
+    return None if placeholders is None else placeholders.width
 
 
 class ConversationDataModule(L.LightningDataModule):
@@ -66,6 +74,7 @@ class ConversationDataModule(L.LightningDataModule):
         model, template = module.model, module.template
         module.type_groups = self.type_groups
         self.pad_id = model.tokenizer.pad_token_id
+        self.placeholders = image_placeholders(model)
         self.packer = self.build_packer(model)
         self.train_set = self.build_train_set(model, template)
         self.val_set = None
@@ -79,16 +88,15 @@ class ConversationDataModule(L.LightningDataModule):
         if not isinstance(model, LLaVA):
             raise ValueError(f"data.pack_length: packing needs a LLaVA-style model (images spliced into the "
                              f"sequence); {type(model).__name__} attends to images by cross-attention")
-        return PackingCollator(model.tokenizer.pad_token_id, model.language.image_token_id, model.num_image_tokens,
-                               self.pack_length)
+        return PackingCollator(model.tokenizer.pad_token_id, model.image_placeholders, self.pack_length)
 
     def build_train_set(self, model, template):
         return ConversationDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
                                    self.max_length, max_turns=self.max_turns,
-                                   num_image_tokens=image_positions(model), image_folder=self.image_folder)
+                                   num_image_tokens=image_width(model), image_folder=self.image_folder)
 
     def train_collator(self):
-        return self.packer or Collator(self.pad_id)
+        return self.packer or Collator(self.pad_id, placeholders=self.placeholders)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
@@ -121,7 +129,7 @@ class ConversationDataModule(L.LightningDataModule):
         if self.val_set is None:
             return []
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False,
-                            collate=Collator(self.pad_id, left_pad=True))
+                            collate=Collator(self.pad_id, left_pad=True, placeholders=self.placeholders))
 
 
 class PreferenceDataModule(ConversationDataModule):
@@ -130,8 +138,8 @@ class PreferenceDataModule(ConversationDataModule):
 
     def build_train_set(self, model, template):
         return PreferenceDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
-                                 self.max_length, num_image_tokens=image_positions(model),
+                                 self.max_length, num_image_tokens=image_width(model),
                                  image_folder=self.image_folder)
 
     def train_collator(self):
-        return PreferenceCollator(self.pad_id)
+        return PreferenceCollator(self.pad_id, self.placeholders)

@@ -74,7 +74,8 @@ class DPOModule(VLMModule):
         self.count_unused(batch)
         if "input_ids" not in batch:  # every pair unreadable: a zero loss every rank steps through
             return self._zero_loss(batch_idx)
-        args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
+                batch.get("image_positions"))  # found on the host by a collator with placeholders
         self._last_good = args
         self.data_guard.add_targets(batch["num_targets"])
         policy = self.model.sequence_logprobs(*args)

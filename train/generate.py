@@ -9,6 +9,7 @@ import torch
 from data.images import load_image
 from data.tokenize import tokenize_prompt
 from train.checkpoint import load_module
+from train.data_module import image_placeholders
 
 
 def generate_answer(ckpt: str, prompt: str, image: str | None = None, max_new_tokens: int = 32) -> str:
@@ -22,6 +23,10 @@ def generate_answer(ckpt: str, prompt: str, image: str | None = None, max_new_to
         if im is None:
             raise ValueError(f"image {image} could not be read as an image")
         pixels = model.vision.transform(train=False)(im)[None]
-    ids = torch.tensor([tokenize_prompt(prompt, model.tokenizer, module.template, image=image is not None)])
+    ids = torch.tensor(tokenize_prompt(prompt, model.tokenizer, module.template, image=image is not None))
+    placeholders = image_placeholders(model)
+    if placeholders is not None:  # a LLaVA reads its image tokens from the sequence
+        ids, _ = placeholders.widen(ids)
+    ids = ids[None]
     out = model.generate(ids, torch.ones_like(ids), pixels, max_new_tokens=max_new_tokens)
     return model.tokenizer.decode(out[0], skip_special_tokens=True).strip()

@@ -228,9 +228,10 @@ class VLMModule(L.LightningModule):
         """(sum of weight x mean loss over the sources, target tokens of the micro-batch)."""
         total, tokens = None, 0
         for name, (weight, part) in sources.items():
-            packed = {"segment_ids": part["segment_ids"]} if "segment_ids" in part else {}  # data.packing
+            # packed rows (data.packing), LLaVA's placeholder positions found on the host (data.image_placeholders)
+            extra = {k: part[k] for k in ("segment_ids", "image_positions") if k in part}
             _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"],
-                                 **packed)
+                                 **extra)
             check_finite_loss(loss, self.global_step, batch_idx)
             if name and log:
                 self.log(f"train/loss_{name}", loss, on_step=True, batch_size=part["input_ids"].shape[0])

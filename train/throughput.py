@@ -23,7 +23,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from data.multisource import split_sources
-from models.llava import LLaVA
 
 
 class ModelFlops(TorchDispatchMode):
@@ -53,13 +52,10 @@ class ModelFlops(TorchDispatchMode):
         return out
 
 
-def lm_tokens(model, batch: dict) -> torch.Tensor:
-    """Non-padding LM positions of a batch (a device scalar: reading it would sync): text tokens,
-    plus image tokens where a LLaVA splices them."""
-    tokens = batch["attention_mask"].sum()
-    if isinstance(model, LLaVA) and batch.get("pixel_values") is not None:
-        tokens = tokens + int(batch["pixel_values"].shape[0]) * (model.num_image_tokens - 1)
-    return tokens
+def lm_tokens(batch: dict) -> torch.Tensor:
+    """Non-padding LM positions of a batch (a device scalar: reading it would sync); a LLaVA's
+    image tokens are among them (its collators widen `<image>`, `data.image_placeholders`)."""
+    return batch["attention_mask"].sum()
 
 
 def samples_in(batch: dict) -> torch.Tensor | int:
@@ -143,7 +139,7 @@ class Throughput(L.Callback):
         parts = lm_batches(batch)
         if self._counter is not None:
             flops = self._stop_counting()
-            tokens = sum(int(lm_tokens(pl_module.model, p)) for p in parts)  # untimed step: a sync is free
+            tokens = sum(int(lm_tokens(p)) for p in parts)  # untimed step: a sync is free
             self.flops_per_token = flops / max(tokens, 1)
         if self._start is None:
             if self.flops_per_token is not None and trainer.global_step >= self.warmup_steps:
@@ -152,7 +148,7 @@ class Throughput(L.Callback):
                 self._steps = 0
             return
         for part in parts:  # device ops only: nothing waits here
-            self._counts[0] += lm_tokens(pl_module.model, part)
+            self._counts[0] += lm_tokens(part)
             self._counts[1] += samples_in(part)
         self._steps += 1
         if self._steps >= self.log_every_n_steps:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from data.collate import Collator
 from data.conversation_dataset import PromptDataset
 from data.templates import ChatTemplate, TemplateName
+from train.data_module import image_placeholders
 
 
 @dataclass
@@ -60,7 +61,7 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
     dataset = PromptDataset(records, root, prompts, tok, prompt_template(module, decoding),
                             model.vision.transform(train=False))
     loader = DataLoader(dataset, batch_size=decoding.batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=Collator(tok.pad_token_id, left_pad=True))
+                        collate_fn=Collator(tok.pad_token_id, left_pad=True, placeholders=image_placeholders(model)))
     predictions: list[str | None] = [None] * len(records)
     device = next(model.parameters()).device
     was_training = module.training
