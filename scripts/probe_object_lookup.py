@@ -35,6 +35,7 @@ from torch import Tensor
 from data.sort_of_clevr import (COLORS, NON_RELATIONAL, SHAPES, TEMPLATES, Scene, answer, caption, question,
                                 sample_scene)
 from data.collate import Collator
+from data.image_placeholders import ImagePlaceholders
 from data.templates import IMAGE_TOKEN, ChatTemplate
 from data.tokenize import IGNORE_INDEX, tokenize_conversation
 from data.tokenizer import train_tokenizer
@@ -42,7 +43,6 @@ from data.writers import CAPTION_PROMPT, QA, llava_record
 from models.connectors import MLPConnector
 from models.language import LanguageModel
 from models.losses import next_token_loss, shifted_targets
-from models.splice import splice_image_features
 
 FEATURES = len(COLORS) + len(SHAPES) + 2
 CAPTIONS = ("none", "records", "context")
@@ -100,7 +100,8 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | Non
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     tok, template = lm.tokenizer, ChatTemplate()
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-    collate = Collator(tok.pad_token_id)
+    # every scene holds one object per colour: each image is len(COLORS) + pads object tokens
+    collate = Collator(tok.pad_token_id, placeholders=ImagePlaceholders(image_id, len(COLORS) + pads))
     seen: dict[str, collections.deque] = {t: collections.deque(maxlen=400) for t in NON_RELATIONAL}
     rows, start = [], time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -115,13 +116,13 @@ def run(pads: int, args: argparse.Namespace, tokenizer_dir: str, save: str | Non
             objects.append(scene_tokens(scene, pads, rng))
             types.append(None if kind == "caption" else qtype)
         batch = collate(items)
-        spliced = splice_image_features(batch["input_ids"], lm.embed(batch["input_ids"]),
-                                        connector(torch.stack(objects)), image_id,
-                                        batch["attention_mask"], batch["labels"])
-        logits = lm(spliced.embeds, attention_mask=spliced.attention_mask)
-        loss = next_token_loss(logits, spliced.labels)
+        text = lm.embed(batch["input_ids"])  # object features written at the image placeholders
+        features = connector(torch.stack(objects)).flatten(0, 1)
+        embeds = text.flatten(0, 1).index_copy(0, batch["image_positions"], features).view_as(text)
+        logits = lm(embeds, attention_mask=batch["attention_mask"])
+        loss = next_token_loss(logits, batch["labels"])
         with torch.no_grad():
-            target = shifted_targets(spliced.labels)
+            target = shifted_targets(batch["labels"])
             right = ((logits.argmax(-1) == target) | ~last_answer(target)).all(-1)
         for t, r in zip(types, right.tolist()):
             if t is not None:
