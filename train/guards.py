@@ -51,7 +51,7 @@ class FiniteLossGuard(L.Callback):
         first = bad & ~self._seen
         self._step = torch.where(first, step, self._step)
         self._batch = torch.where(first, batch_idx, self._batch)
-        self._loss = torch.where(first, value.reshape(-1)[0], self._loss)
+        self._loss = torch.where(first, value.sum(), self._loss)
         self._seen = self._seen | bad
         return loss
 
