@@ -510,3 +510,18 @@ def test_select_layer_out_of_range_fails_at_construction():
         OpenCLIPVision(model_config=OPEN_CLIP_CFG, select_layer=-4)  # only 3 blocks
     with pytest.raises(ValueError, match="select_layer=5"):
         TimmVision("resnet10t", model_kwargs=RESNET_KW, image_size=75, select_layer=5)
+
+
+@pytest.mark.parametrize("build", [lambda: HFVision(config=HF_CFG, model_type="clip"),
+                                   lambda: HFVision(config=HF_CFG, model_type="siglip", final_norm=True),
+                                   lambda: OpenCLIPVision(model_config=OPEN_CLIP_CFG, add_coords=True)],
+                         ids=["hf-clip", "hf-siglip", "open_clip"])
+def test_a_towers_forward_and_backward_make_no_host_sync(build):
+    from train.host_syncs import HostSyncCounter
+
+    enc = build()
+    with HostSyncCounter() as counter:
+        enc(_x(enc)).sum().backward()
+    assert counter.total == 0, counter.by_op
+    if isinstance(enc, HFVision):  # truncated: every weight it keeps is used (open_clip keeps its whole tower)
+        assert all(p.grad is not None for p in enc.parameters())
