@@ -83,6 +83,7 @@ def test_the_guards_per_step_work_makes_no_host_sync():
             assert guard.observe(loss, step, 10 + step) is loss
             guard.on_before_optimizer_step(_trainer(step + 1), None, None)  # not a log step: nothing read
     assert counter.total == 0, counter.by_op
+    guard.on_before_optimizer_step(_trainer(50, log_every=0), None, None)  # logging off: no log steps
     with HostSyncCounter() as counter, pytest.raises(
             NonFiniteLossError, match=r"^loss is inf at global step 2 \(batch 12 of the epoch\), found before the "
                                       r"update of log step 50"):

@@ -21,8 +21,8 @@ class FiniteLossGuard(L.Callback):
     only) and returns the guard from `configure_callbacks`; the guard reads its record (one host
     sync) at these points and raises `NonFiniteLossError` naming the first bad step and batch:
 
-    - before the optimizer step of every log step (`trainer.log_every_n_steps`): a non-finite loss at
-      a log step never updates the weights;
+    - before the optimizer step of every log step (`trainer.log_every_n_steps`, unless 0): a
+      non-finite loss at a log step never updates the weights;
     - before any checkpoint is written (`on_save_checkpoint`: ModelCheckpoint, the CLI's saves);
     - at validation start and at the end of training (a run never exits 0 after one; exports at
       fit end come after this).
@@ -74,7 +74,8 @@ class FiniteLossGuard(L.Callback):
     # -- where the record is read ------------------------------------------------------------------
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if trainer.global_step % trainer.log_every_n_steps == 0:
+        every = trainer.log_every_n_steps  # 0: logging off (barebones), only the other points check
+        if every and trainer.global_step % every == 0:
             self.check(f"before the update of log step {trainer.global_step}", trainer.strategy)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
