@@ -29,7 +29,8 @@ class FiniteLossGuard(L.Callback):
 
     Guarantee: no checkpoint is written at or after a step whose loss was non-finite, and the run
     stops at the first of the points above. Between the bad step and that point the weights in memory
-    may take up to `log_every_n_steps - 1` updates derived from it; they are discarded with the run.
+    may take up to `log_every_n_steps - 1` updates derived from it (with logging off, until the next
+    save, validation or the end); they are discarded with the run.
     Every rank checks the sum of the ranks' flags (one all-reduce), so all ranks stop together.
     """
 
