@@ -365,8 +365,8 @@ def run_case(case: str, args) -> dict:
     if args.compile:
         import torch._dynamo
 
-        breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
-        compile_info = {"backend": args.compile, "graph_breaks": breaks}
+        reasons = dict(torch._dynamo.utils.counters["graph_break"])  # reason -> count
+        compile_info = {"backend": args.compile, "graph_breaks": sum(reasons.values()), "graph_break_reasons": reasons}
     with FlopCounterMode(display=False) as counter:
         step(eager_loss)
     syncs, optimizer_syncs = host_syncs(eager_loss, opt)
