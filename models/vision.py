@@ -60,10 +60,15 @@ def grid_coords(
 def _nchw_to_tokens(features: Tensor, add_coords: bool = False, coords_scale: float = 1.0) -> Tensor:
     """``(B, C, H, W)`` -> ``(B, H*W, C)``, row-major over the grid; with ``add_coords``,
     ``(B, H*W, C + 2)``: each token's ``grid_coords`` (times ``coords_scale``) appended."""
-    tokens = features.flatten(2).transpose(1, 2)
+    return _with_coords(features.flatten(2).transpose(1, 2), features.shape[-2:], add_coords, coords_scale)
+
+
+def _with_coords(tokens: Tensor, grid: tuple[int, int], add_coords: bool, coords_scale: float) -> Tensor:
+    """``(B, H*W, C)`` tokens (row-major over an ``H x W`` grid), with ``add_coords`` each token's
+    ``grid_coords`` (times ``coords_scale``) appended: ``(B, H*W, C + 2)``."""
     if not add_coords:
         return tokens
-    coords = coords_scale * grid_coords(*features.shape[-2:], device=tokens.device, dtype=tokens.dtype)
+    coords = coords_scale * grid_coords(*grid, device=tokens.device, dtype=tokens.dtype)
     return torch.cat([tokens, coords.expand(tokens.shape[0], -1, -1)], dim=-1)
 
 
@@ -321,16 +326,17 @@ class OpenCLIPVision(VisionEncoder):
 
     def features(self, pixels: Tensor) -> Tensor:
         # forward_intermediates (open_clip >= 2.26) already drops the CLS token;
-        # stop_early skips the blocks after select_layer.
+        # stop_early skips the blocks after select_layer. NLC is the blocks' own layout
+        # (row-major patches), so the tokens come back without a copy to a grid and back.
         out = self.model.forward_intermediates(
             pixels,
             indices=[self.select_layer],
             stop_early=True,
             normalize_intermediates=self.final_norm,
             intermediates_only=True,
-            output_fmt="NCHW",
+            output_fmt="NLC",
         )
-        return _nchw_to_tokens(out["image_intermediates"][0], self.add_coords, self.coords_scale)
+        return _with_coords(out["image_intermediates"][0], self.model.grid_size, self.add_coords, self.coords_scale)
 
 
 # ---------------------------------------------------------------------------
@@ -368,7 +374,16 @@ class HFVision(VisionEncoder):
         model_type: which architecture, declared rather than guessed from the
             name; a checkpoint of another type is rejected.
         select_layer: index into ``hidden_states`` (0 = embeddings, i = output
-            of block i); CLS dropped for CLIP (SigLIP has none).
+            of block i); CLS dropped for CLIP (SigLIP has none). Only the embeddings
+            and the blocks up to it run, and only they are kept: the later blocks, the
+            post-LayerNorm (unless ``final_norm``) and SigLIP's attention-pooling head
+            are dropped at build time, so they take no memory, no time and no gradient.
+            A state dict that still holds them (a checkpoint written before, a full
+            transformers checkpoint) loads: their weights are ignored.
+        final_norm: apply the tower's ``post_layernorm`` to the selected tokens. With
+            ``select_layer=-1`` this is SigLIP's ``last_hidden_state``; for CLIP (whose
+            post-norm transformers applies to the pooled CLS only) it is what open_clip's
+            ``output_tokens`` are for the same weights.
         image_mean, image_std: normalisation of a tower built from ``config``
             (default: the image processor type's); a checkpoint records the
             pretrained processor's here, since it loads without that directory.
@@ -382,6 +397,7 @@ class HFVision(VisionEncoder):
         config: dict | None = None,
         model_type: Literal["clip", "siglip"] = "clip",
         select_layer: int = -2,
+        final_norm: bool = False,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         image_mode: ImageMode = "resize",
@@ -433,14 +449,41 @@ class HFVision(VisionEncoder):
             raise ValueError(
                 f"HFVision: select_layer={select_layer} out of range for {n_states} hidden states"
             )
-        self.select_layer = select_layer
+        self.select_layer, self.final_norm = select_layer, final_norm
+        self.depth = select_layer % n_states  # encoder blocks that run
+        self._drop_unused_parts()
         self.num_prefix_tokens = 1 if model_type == "clip" else 0
         self.dim = int(hf_config.hidden_size)
         self.num_patches = (self.image_size // int(hf_config.patch_size)) ** 2
 
+    def _drop_unused_parts(self) -> None:
+        """Keep the embeddings, the pre-norm and the first ``depth`` blocks (and the post-norm for
+        ``final_norm``); what the selected tokens never pass through is deleted. ``self.model``
+        then holds the kept weights under transformers' names (``save_pretrained`` writes them,
+        the config still describes the whole tower); its own forward is not used."""
+        n_blocks = len(self.model.encoder.layers)
+        del self.model.encoder.layers[self.depth :]
+        dropped = [f"encoder.layers.{i}." for i in range(self.depth, n_blocks)]
+        children = dict(self.model.named_children())
+        for name in ("head", *(() if self.final_norm else ("post_layernorm",))):
+            if name in children:
+                delattr(self.model, name)
+                dropped.append(name + ".")
+        self.model.register_load_state_dict_pre_hook(_IgnoreWeights(tuple(dropped)))
+
     def features(self, pixels: Tensor) -> Tensor:
-        out = self.model(pixel_values=pixels, output_hidden_states=True)
-        return out.hidden_states[self.select_layer][:, self.num_prefix_tokens :]
+        """The same tokens as ``hidden_states[select_layer]`` of the whole tower, computed by its own
+        modules up to that block only."""
+        model = self.model
+        hidden = model.embeddings(pixels)
+        pre_norm = getattr(model, "pre_layrnorm", None)  # CLIP has one, SigLIP none
+        if pre_norm is not None:
+            hidden = pre_norm(hidden)
+        for block in model.encoder.layers:
+            hidden = block(hidden, None)
+        if self.final_norm:
+            hidden = model.post_layernorm(hidden)
+        return hidden[:, self.num_prefix_tokens :]
 
     def architecture(self) -> dict:
         """Arguments that rebuild this tower with no file: its transformers config (random init; a
@@ -455,6 +498,19 @@ class HFVision(VisionEncoder):
         ``HFVision(name_or_path=directory, model_type=...)`` loads back."""
         self.model.save_pretrained(directory)
         self._processor.save_pretrained(directory)
+
+
+class _IgnoreWeights:
+    """Load-state-dict pre-hook: drops the keys under the given sub-prefixes (parts a truncated tower
+    no longer has), so full checkpoints still load strictly into it."""
+
+    def __init__(self, parts: tuple[str, ...]) -> None:
+        self.parts = parts
+
+    def __call__(self, module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        dropped = tuple(prefix + part for part in self.parts)
+        for key in [k for k in state_dict if k.startswith(dropped)]:
+            del state_dict[key]
 
 
 def _hf_not_found(name_or_path: str) -> str:

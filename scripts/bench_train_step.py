@@ -4,6 +4,7 @@
     python -m scripts.bench_train_step --size tiny  # the same cases at toy sizes (CPU, tested in CI)
     python -m scripts.bench_train_step --size small # ~30M-parameter shapes, for a CPU measurement
     python -m scripts.bench_train_step --cases llava_1b,llava_1b_hf
+    python -m scripts.bench_train_step --size tiny --compile aot_eager  # each case's step compiled
 
 Cases (a case and its peer share every shape, dtype, optimizer and batch):
   llava_1b / llava_1b_hf          our LLaVA vs transformers' LlavaForConditionalGeneration: CLIP
@@ -27,6 +28,14 @@ Cases (a case and its peer share every shape, dtype, optimizer and batch):
 Every case runs in its own process (memory is its own). Timing: `--warmup` untimed steps, then
 `--steps` steps between synchronised clocks. FLOPs are counted by torch's FlopCounterMode on one
 extra step (forward + backward, as executed), so MFU = counted FLOPs per second / measured peak.
+Host syncs (`train.host_syncs.HostSyncCounter`: `.item()`, nonzero, boolean-mask indexing, ... each
+of which makes the host wait for the device, and under torch.compile breaks the graph) are counted
+on one more, eager, step: `syncs/step` is the forward + backward's; the optimizer's are reported
+apart in the JSON (`optimizer_syncs`: AdamW's unfused CPU path reads its CPU step counter per
+parameter, which is no device sync).
+`--compile [BACKEND]` times each case with its forward (and, through AOTAutograd, its backward)
+under `torch.compile` (default inductor; on a CPU `aot_eager` compiles in seconds); the `compile`
+column gives the backend and the graph breaks dynamo took.
 Precision: bf16 autocast with fp32 master weights and fused AdamW on CUDA; fp32 on CPU.
 """
 
@@ -320,9 +329,20 @@ def run_case(case: str, args) -> dict:
     fused = cuda and not case.endswith("+unfused")
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if fused else torch.optim.AdamW(params, lr=1e-5)
 
-    def step():
+    def eager_loss():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = loss_fn(model, batch)
+            return loss_fn(model, batch)
+
+    compiled_loss = None
+    if args.compile:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        compiled_loss = torch.compile(eager_loss, backend=args.compile)
+
+    def step(forward=compiled_loss or eager_loss):
+        loss = forward()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -341,11 +361,32 @@ def run_case(case: str, args) -> dict:
     _sync(device)
     seconds = (time.perf_counter() - start) / args.steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else (status_mb("VmHWM") - base) / 1024
+    compile_info = None
+    if args.compile:
+        import torch._dynamo
+
+        reasons = dict(torch._dynamo.utils.counters["graph_break"])  # reason -> count
+        compile_info = {"backend": args.compile, "graph_breaks": sum(reasons.values()), "graph_break_reasons": reasons}
     with FlopCounterMode(display=False) as counter:
-        step()
+        step(eager_loss)
+    syncs, optimizer_syncs = host_syncs(eager_loss, opt)
     return {"seconds": seconds, "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds,
             "tflops": counter.get_total_flops() / seconds / 1e12, "memory_gib": peak,
-            "trainable": sum(p.numel() for p in params), "loss": float(loss), "device": str(device)}
+            "trainable": sum(p.numel() for p in params), "loss": float(loss.detach()), "device": str(device),
+            "host_syncs": syncs.total, "host_syncs_by_op": dict(syncs.by_op),
+            "optimizer_syncs": optimizer_syncs.total, "compile": compile_info}
+
+
+def host_syncs(forward, opt):
+    """Counters of the syncs of one eager training step: (forward + backward, optimizer step)."""
+    from train.host_syncs import HostSyncCounter
+
+    with HostSyncCounter() as model_syncs:
+        forward().backward()
+    with HostSyncCounter() as optimizer_syncs:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model_syncs, optimizer_syncs
 
 
 # ---------------------------------------------------------------------------
@@ -357,7 +398,8 @@ def collect(cases: list[str], args) -> dict[str, dict]:
     results = {}
     for case in cases:
         cmd = [sys.executable, "-m", "scripts.bench_train_step", "--case", case, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--size", args.size, *(["--cpu"] if args.cpu else [])]
+               "--warmup", str(args.warmup), "--size", args.size, *(["--cpu"] if args.cpu else []),
+               *(["--compile", args.compile] if args.compile else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -370,10 +412,11 @@ def collect(cases: list[str], args) -> dict[str, dict]:
 
 def table(results: dict[str, dict]) -> str:
     peak = results.get("matmul_peak", {}).get("tflops")
-    head = f"{'case':<20} {'tokens/s':>10} {'samples/s':>10} {'TFLOP/s':>9} {'MFU':>6} {'memory GiB':>10} {'vs peer':>14}"
+    head = (f"{'case':<20} {'tokens/s':>10} {'syncs/step':>10} {'samples/s':>10} {'TFLOP/s':>9} {'MFU':>6} "
+            f"{'memory GiB':>10} {'vs peer':>14} {'compile':>22}")
     lines = [head, "-" * len(head)]
     if peak:
-        lines.append(f"{'matmul_peak':<20} {'':>10} {'':>10} {peak:>9.2f} {'1.00':>6}")
+        lines.append(f"{'matmul_peak':<20} {'':>10} {'':>10} {'':>10} {peak:>9.2f} {'1.00':>6}")
     for case, r in results.items():
         if case == "matmul_peak":
             continue
@@ -385,8 +428,10 @@ def table(results: dict[str, dict]) -> str:
         vs = ""
         if "tokens_per_s" in peer:
             vs = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x {PEERS[case]}"
-        lines.append(f"{case:<20} {r['tokens_per_s']:>10.0f} {r['samples_per_s']:>10.2f} {r['tflops']:>9.3f} "
-                     f"{mfu:>6} {r['memory_gib']:>10.2f} {vs:>14}")
+        compiled = r.get("compile") or {}
+        how = f"{compiled['backend']}, {compiled['graph_breaks']} breaks" if compiled else "-"
+        lines.append(f"{case:<20} {r['tokens_per_s']:>10.0f} {r['host_syncs']:>10} {r['samples_per_s']:>10.2f} "
+                     f"{r['tflops']:>9.3f} {mfu:>6} {r['memory_gib']:>10.2f} {vs:>14} {how:>22}")
     return "\n".join(lines)
 
 
@@ -399,6 +444,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="time each step with its forward/backward under torch.compile (default backend: inductor; "
+                        "aot_eager compiles fast on a CPU)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if args.case:

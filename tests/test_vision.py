@@ -17,6 +17,7 @@ from models.vision import (
     VisionEncoder,
     grid_coords,
 )
+from models.vision import _hf_classes
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -187,28 +188,100 @@ def test_openclip_needs_exactly_one_source():
 # ---------------------------------------------------------------------------
 
 
+def _hf_pair(model_type: str, select_layer: int, final_norm: bool = False, seed: int = 0):
+    """Our tower and the whole transformers tower with the same weights (loaded strictly into ours:
+    the parts it dropped are ignored), post-norm and pooling head made non-trivial."""
+    torch.manual_seed(seed)
+    config_cls, model_cls, _ = _hf_classes(model_type)
+    full = model_cls(config_cls(**HF_CFG)).eval()
+    with torch.no_grad():
+        full.post_layernorm.weight.normal_(1.0, 0.5)
+        full.post_layernorm.bias.normal_()
+    enc = HFVision(config=HF_CFG, model_type=model_type, select_layer=select_layer, final_norm=final_norm).eval()
+    enc.load_state_dict({f"model.{k}": v for k, v in full.state_dict().items()})
+    return enc, full
+
+
 def test_hf_clip_features_equal_hidden_states(hf_enc):
     enc = hf_enc
     assert (enc.image_size, enc.num_patches, enc.dim) == (32, 16, 32)
     assert enc.mean == pytest.approx(OPENAI_MEAN) and enc.std == pytest.approx(OPENAI_STD)
+
+
+@pytest.mark.parametrize("model_type", ["clip", "siglip"])
+@pytest.mark.parametrize("select_layer", [-1, -2, 0, 1])
+def test_hf_features_equal_the_whole_towers_hidden_states(model_type, select_layer):
+    enc, full = _hf_pair(model_type, select_layer)
+    prefix = 1 if model_type == "clip" else 0  # CLIP's CLS dropped; SigLIP has none
     x = _x(enc, 3)
     with torch.no_grad():
         out = enc(x)
-        hidden = enc.model(x, output_hidden_states=True).hidden_states
+        hidden = full(pixel_values=x, output_hidden_states=True).hidden_states
     assert out.shape == (3, 16, 32)
-    assert torch.equal(out, hidden[-2][:, 1:])
-    assert not torch.allclose(hidden[-1][:, 1:], out)
+    assert torch.equal(out, hidden[select_layer][:, prefix:])
+    other = hidden[select_layer - 1 if select_layer != 0 else 1][:, prefix:]
+    assert not torch.allclose(out, other)
 
 
-def test_hf_select_layer_changes_features(hf_enc):
-    last = HFVision(config=HF_CFG, select_layer=-1).eval()
-    last.load_state_dict(hf_enc.state_dict())
-    x = _x(hf_enc)
+def test_hf_final_norm_gives_siglips_last_hidden_state_and_clips_normed_tokens():
+    for model_type in ("clip", "siglip"):
+        enc, full = _hf_pair(model_type, -1, final_norm=True)
+        x = _x(enc)
+        with torch.no_grad():
+            out = full(pixel_values=x, output_hidden_states=True)
+            if model_type == "siglip":  # SigLIP's post-norm applies to every token
+                ref = out.last_hidden_state
+            else:  # CLIP's to the pooled CLS only; the tokens normed as open_clip's output_tokens are
+                ref = full.post_layernorm(out.hidden_states[-1])[:, 1:]
+            assert torch.equal(enc(x), ref)
+            assert (enc(x) - out.hidden_states[-1][:, 1 if model_type == "clip" else 0:]).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("model_type", ["clip", "siglip"])
+@pytest.mark.parametrize("select_layer", [-1, -2])
+def test_hf_runs_and_keeps_only_the_blocks_up_to_select_layer(model_type, select_layer):
+    """Every module call counted with forward hooks: only `depth` blocks run, never the post-norm or
+    SigLIP's pooling head; those parts hold no weights either."""
+    enc, full = _hf_pair(model_type, select_layer)
+    depth = HF_CFG["num_hidden_layers"] + 1 + select_layer
+    calls: list[str] = []
+    names = {m: n for n, m in enc.named_modules()}
+    handles = [m.register_forward_hook(lambda m, i, o: calls.append(names[m])) for m in enc.modules()]
     with torch.no_grad():
-        a, b = hf_enc(x), last(x)
-        ref = last.model(x, output_hidden_states=True).last_hidden_state[:, 1:]
-    assert not torch.allclose(a, b)
-    assert torch.equal(b, ref)
+        enc(_x(enc))
+    for h in handles:
+        h.remove()
+    blocks = [n for n in calls if n.startswith("model.encoder.layers.") and n.count(".") == 3]
+    assert blocks == [f"model.encoder.layers.{i}" for i in range(depth)]
+    assert not any("post_layernorm" in n or ".head" in n for n in calls)
+    assert len(enc.model.encoder.layers) == depth
+    kept = {k for k in enc.state_dict()}
+    whole = {f"model.{k}" for k in full.state_dict()}
+    dropped = {k for k in whole - kept}
+    assert kept < whole and all(k.startswith(("model.post_layernorm.", "model.head.", "model.encoder.layers.2."))
+                                for k in dropped)
+    assert any(k.startswith("model.post_layernorm.") for k in dropped)
+    assert any(k.startswith("model.head.") for k in dropped) == (model_type == "siglip")
+    assert any(k.startswith("model.encoder.layers.2.") for k in dropped) == (select_layer == -2)
+    n_params = sum(p.numel() for p in enc.parameters())
+    assert n_params == sum(v.numel() for k, v in full.state_dict().items() if f"model.{k}" in kept
+                           and "position_ids" not in k)
+
+
+def test_hf_checkpoints_of_the_truncated_tower_load_strictly(tmp_path):
+    enc, _ = _hf_pair("clip", -2)
+    torch.save(enc.state_dict(), tmp_path / "tower.pt")
+    again = HFVision(config=HF_CFG, select_layer=-2).eval()
+    again.load_state_dict(torch.load(tmp_path / "tower.pt", weights_only=True))  # strict
+    x = _x(enc)
+    with torch.no_grad():
+        assert torch.equal(again(x), enc(x))
+    deeper = HFVision(config=HF_CFG, select_layer=-1)
+    with pytest.raises(RuntimeError, match="Missing key.*encoder.layers.2"):
+        deeper.load_state_dict(enc.state_dict())  # a block it runs has no weights: still an error
+
+
+def test_hf_select_layer_out_of_range():
     with pytest.raises(ValueError, match="select_layer"):
         HFVision(config=HF_CFG, select_layer=4)
 
@@ -217,9 +290,6 @@ def test_hf_siglip_keeps_all_tokens():
     enc = HFVision(config=HF_CFG, model_type="siglip").eval()
     assert (enc.num_patches, enc.dim) == (16, 32)
     assert enc.mean == pytest.approx((0.5,) * 3) and enc.std == pytest.approx((0.5,) * 3)
-    x = _x(enc)
-    with torch.no_grad():
-        assert torch.equal(enc(x), enc.model(x, output_hidden_states=True).hidden_states[-2])
 
 
 @pytest.mark.parametrize("model_type", ["clip", "siglip"])
@@ -440,3 +510,18 @@ def test_select_layer_out_of_range_fails_at_construction():
         OpenCLIPVision(model_config=OPEN_CLIP_CFG, select_layer=-4)  # only 3 blocks
     with pytest.raises(ValueError, match="select_layer=5"):
         TimmVision("resnet10t", model_kwargs=RESNET_KW, image_size=75, select_layer=5)
+
+
+@pytest.mark.parametrize("build", [lambda: HFVision(config=HF_CFG, model_type="clip"),
+                                   lambda: HFVision(config=HF_CFG, model_type="siglip", final_norm=True),
+                                   lambda: OpenCLIPVision(model_config=OPEN_CLIP_CFG, add_coords=True)],
+                         ids=["hf-clip", "hf-siglip", "open_clip"])
+def test_a_towers_forward_and_backward_make_no_host_sync(build):
+    from train.host_syncs import HostSyncCounter
+
+    enc = build()
+    with HostSyncCounter() as counter:
+        enc(_x(enc)).sum().backward()
+    assert counter.total == 0, counter.by_op
+    if isinstance(enc, HFVision):  # truncated: every weight it keeps is used (open_clip keeps its whole tower)
+        assert all(p.grad is not None for p in enc.parameters())

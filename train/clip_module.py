@@ -20,7 +20,7 @@ from train.evaluation.retrieval_metric import recall_at_k
 from train.checkpoint import self_contained
 from train.run_dir import run_folder
 from train.schedule import warmup_cosine
-from train.guards import check_finite_loss
+from train.guards import FiniteLossGuard
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
 
@@ -39,6 +39,10 @@ class CLIPModule(L.LightningModule):
         self.chimera_config: dict | None = None
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._fit_start: float | None = None
+        self.finite_guard = FiniteLossGuard()  # a non-finite loss stops the run, with no per-step sync
+
+    def configure_callbacks(self):
+        return [self.finite_guard]  # reads its record at log steps and before every save (train/guards.py)
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
@@ -47,7 +51,7 @@ class CLIPModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         img, txt, scale = self.model(batch["pixel_values"], batch["input_ids"])
-        loss = check_finite_loss(self.loss_fn(img, txt, scale), self.global_step, batch_idx)
+        loss = self.finite_guard.observe(self.loss_fn(img, txt, scale), self.global_step, batch_idx)
         n = img.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/logit_scale", scale, batch_size=n)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.guards import check_finite_loss
 from train.module import VLMModule, zero_through_parameters
 from train.strategies import FSDP
 
@@ -83,7 +82,7 @@ class DPOModule(VLMModule):
             ref = self.reference(*args)
         b = batch["num_pairs"]
         loss, chosen, rejected = dpo_loss(policy[:b], policy[b:], ref[:b], ref[b:], self.beta)
-        check_finite_loss(loss, self.global_step, batch_idx)
+        self.finite_guard.observe(loss, self.global_step, batch_idx)
         log = {"train/loss": loss, "train/reward_chosen": chosen.mean(), "train/reward_rejected": rejected.mean(),
                "train/reward_margin": (chosen - rejected).mean(),
                "train/reward_accuracy": (chosen > rejected).float().mean()}

@@ -24,7 +24,7 @@ from data.tokenize import tokenize_segments
 from models.language import LanguageModel
 from train.checkpoint import self_contained
 from train.schedule import warmup_cosine
-from train.guards import check_finite_loss
+from train.guards import FiniteLossGuard
 
 
 def world_ids(record: dict, tokenizer, template: ChatTemplate, max_length: int | None = None) -> list[int]:
@@ -99,11 +99,15 @@ class LMModule(L.LightningModule):
         self.chimera_config: dict | None = None
         self._val: list[tuple[float, int]] = []
         self._start: float | None = None
+        self.finite_guard = FiniteLossGuard()  # a non-finite loss stops the run, with no per-step sync
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         out = self.model["language"].model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                            labels=batch["labels"], use_cache=False)
         return out.loss, int((batch["labels"][:, 1:] != -100).sum())
+
+    def configure_callbacks(self):
+        return [self.finite_guard]  # reads its record at log steps and before every save (train/guards.py)
 
     def on_fit_start(self) -> None:
         self._start = time.perf_counter()
@@ -112,7 +116,7 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         loss, _ = self._loss(batch)
-        check_finite_loss(loss, self.global_step, batch_idx)
+        self.finite_guard.observe(loss, self.global_step, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

@@ -27,7 +27,7 @@ from train.answers import accuracy_by_type, format_accuracy
 from train.evaluation.vqa_metric import vqa_accuracy
 from train.loggers import log_sample_table
 from train.schedule import warmup_cosine
-from train.guards import check_finite_loss
+from train.guards import FiniteLossGuard
 
 Stage = Literal["align", "finetune", "full"]
 # the model parts a stage may train; a model has a subset (LLaVA: vision, connector, language;
@@ -128,6 +128,7 @@ class VLMModule(L.LightningModule):
         self._last_good: dict | None = None  # the last batch with targets, replayed with weight 0
         self._last_val: dict | None = None  # the last readable val batch, replayed when sharded
         self.data_guard = DataGuard(max_skip_fraction)  # also counts the target tokens the loss weights by
+        self.finite_guard = FiniteLossGuard()  # a non-finite loss stops the run, with no per-step sync
         self._run_dir: str | None = None
         self._decays: dict[str, bool] = {}  # parameter name -> decays, decided in `setup` before wrapping
         if init_from is not None:
@@ -232,7 +233,7 @@ class VLMModule(L.LightningModule):
             extra = {k: part[k] for k in ("segment_ids", "image_positions") if k in part}
             _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"],
                                  **extra)
-            check_finite_loss(loss, self.global_step, batch_idx)
+            self.finite_guard.observe(loss, self.global_step, batch_idx)
             if name and log:
                 self.log(f"train/loss_{name}", loss, on_step=True, batch_size=part["input_ids"].shape[0])
             total = weight * loss if total is None else total + weight * loss
@@ -262,6 +263,9 @@ class VLMModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         self.data_guard.check(final=True)  # a run that trained on nothing never exits 0
+
+    def configure_callbacks(self):
+        return [self.finite_guard]  # reads its record at log steps and before every save (train/guards.py)
 
     @property
     def sharded(self) -> bool:
