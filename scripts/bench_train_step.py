@@ -123,7 +123,8 @@ def _ours_llava(s: dict, lm_cfg: dict, adapter=None, loss_chunk_size=None, **lm_
 
 
 def _llava_batch(model, s: dict, batch: int, image_token_id: int, expand: int):
-    """One image + `text` tokens per sample; `expand` image tokens in the ids (1 for ours, N for HF)."""
+    """One image + `text` tokens per sample; `expand` image placeholders in the ids (the model's image
+    tokens: ours and HF's LLaVA alike take widened ids)."""
     import torch
 
     side = s["clip"]["image_size"]
@@ -148,7 +149,7 @@ def build(case: str, s: dict):
                             loss_chunk_size=s["chunk"] if case == "llava_1b_chunked" else None,
                             **OPTIONS.get(option, {}))
         b = s["batch_7b"] if lora else s["batch"]
-        batch = _llava_batch(model, s, b, model.language.image_token_id, 1)
+        batch = _llava_batch(model, s, b, model.language.image_token_id, model.num_image_tokens)
         return batch, model, lambda m, x: m(**x)[1], b * (s["text"] + model.num_image_tokens), b
     if case in ("llava_1b_hf", "llava_7b_lora_hf"):
         from transformers import LlavaForConditionalGeneration
@@ -272,12 +273,12 @@ def _length_mix(s: dict, packed: bool):
     n_img = model.num_image_tokens
     if packed:  # rows as long as the padded batch's, so attention costs the same per row
         longest = max(len(it["input_ids"]) - 1 + n_img for it in items)
-        collate = PackingCollator(pad, model.language.image_token_id, n_img, max_length=longest)
+        collate = PackingCollator(pad, model.image_placeholders, max_length=longest)
     else:
-        collate = Collator(pad)
+        collate = Collator(pad, placeholders=model.image_placeholders)
     # the model's inputs; the collator's counts (skipped, dropped, num_targets, ...) are not
     batch = {k: v for k, v in collate(items).items()
-             if k in ("input_ids", "attention_mask", "pixel_values", "labels", "segment_ids")}
+             if k in ("input_ids", "attention_mask", "pixel_values", "labels", "segment_ids", "image_positions")}
     effective = sum(len(it["input_ids"]) - 1 + n_img for it in items)
     return batch, model, lambda m, x: m(**x)[1], effective, len(items)
 
