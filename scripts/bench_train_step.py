@@ -150,6 +150,7 @@ def build(case: str, s: dict):
                             **OPTIONS.get(option, {}))
         b = s["batch_7b"] if lora else s["batch"]
         batch = _llava_batch(model, s, b, model.language.image_token_id, model.num_image_tokens)
+        batch["image_positions"] = model.image_placeholders.positions(batch["input_ids"])  # as collators do
         return batch, model, lambda m, x: m(**x)[1], b * (s["text"] + model.num_image_tokens), b
     if case in ("llava_1b_hf", "llava_7b_lora_hf"):
         from transformers import LlavaForConditionalGeneration
