@@ -81,8 +81,12 @@ def test_score_existing_predictions_without_a_model(trained, tmp_path):
              for i, d in enumerate(data[:-1])]
     pred_file = tmp_path / "preds.jsonl"
     pred_file.write_text("".join(json.dumps(p) + "\n" for p in preds))
+    # a missing prediction is an error naming how many and which, unless --allow-missing
+    with pytest.raises(ValueError, match=rf"1 of {len(data)} samples .* no prediction \(first ids: '{data[-1]['id']}'\)"):
+        main(["eval", "--tasks", "vqa", "--predictions", str(pred_file), "--data", str(world / "val_qa.jsonl"),
+              "--out", str(tmp_path / "out")])
     main(["eval", "--tasks", "vqa", "--predictions", str(pred_file), "--data", str(world / "val_qa.jsonl"),
-          "--out", str(tmp_path / "out")])
+          "--out", str(tmp_path / "out"), "--allow-missing"])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     right = sum(1 for i in range(len(data) - 1) if i % 2 == 0)
     assert results["vqa"]["accuracy"] == pytest.approx(right / (len(data) - 1))
@@ -157,7 +161,7 @@ def test_user_errors_name_the_cause(trained, tmp_path):
         main(["eval", "--ckpt", str(ckpt), "--tasks", "pope", "--out", str(tmp_path)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": 1, "image": "x.png"}) + "\n")
-    with pytest.raises(ValueError, match="lacks \\['question'\\]"):
+    with pytest.raises(ValueError, match="bad.jsonl: no 'question' column \\(the 'vqa' task's 'question' field\\)"):
         main(["eval", "--ckpt", str(ckpt), "--tasks", "vqa", "--data", str(bad), "--out", str(tmp_path)])
 
 
