@@ -1,6 +1,7 @@
 """`chimera eval`: results and per-sample files, batch-size invariance, scoring existing predictions,
 official-format converters, W&B logging and clear errors."""
 
+import hashlib
 import json
 
 import pytest
@@ -39,6 +40,9 @@ def test_eval_writes_results_and_per_sample_records(trained, tmp_path, capsys):
     assert set(results) == {"vqa", "meta"}
     meta = results["meta"]
     assert meta["checkpoint"] == str(ckpt) and meta["model"] == "LLaVA" and len(meta["config_hash"]) == 16
+    assert meta["model_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["max_new_tokens"] == {"vqa": 8} and meta["data_sha256"]["vqa"] == hashlib.sha256(
+        (world / "val_qa.jsonl").read_bytes()).hexdigest()
     assert meta["data"]["vqa"] == str(world / "val_qa.jsonl")
     rows = _jsonl(out / "vqa.jsonl")
     data = _jsonl(world / "val_qa.jsonl")

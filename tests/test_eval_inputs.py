@@ -12,7 +12,7 @@ from tests.tiny import module_config, tiny_world
 from train.checkpoint import build_module
 from train.cli import main
 from train.evaluation.caption_metrics import cider_d
-from train.evaluation.decoding import Decoding
+from train.evaluation.decoding import Decoding, cut_at_stop
 from train.evaluation.inputs import read_task_data
 from train.evaluation.runner import evaluate_model
 
@@ -156,6 +156,24 @@ def test_embedded_images_give_the_model_the_same_pixels(tmp_path):
     assert len(written) == len({r["image"] for r in ours}) and all(p.suffix == ".png" for p in written)
     assert [open(r["image"], "rb").read() for r in rows_b["vqa"]] == [(world / r["image"]).read_bytes() for r in ours]
     assert b["meta"]["data_sha256"]["vqa"] != a["meta"]["data_sha256"]["vqa"]
+    assert b["meta"]["max_new_tokens"] == {"vqa": 4}
+
+
+def test_raw_and_filtered_responses_are_both_logged(tmp_path):
+    """`resps` holds what the model generated, `filtered_resps` the same cut at the stop string."""
+    world = tiny_world(tmp_path)
+    cfg = module_config(world)
+    cfg["init_args"]["model"]["init_args"]["language"]["init_args"]["config"]["initializer_range"] = 0.4
+    module = build_module(cfg).eval()
+    files = {"vqa": _jsonl(world / "val4.jsonl", [json.loads(x) for x in open(world / "val_qa.jsonl")][:4])}
+    plain = evaluate_model(module, files, tmp_path / "a", Decoding(stop=[], max_new_tokens=6,
+                                                                    prompt_suffix={"vqa": ""}))[1]["vqa"]
+    text = max((r["prediction"] for r in plain), key=len)
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    rows = evaluate_model(module, files, tmp_path / "b", Decoding(stop=[stop], max_new_tokens=6,
+                                                                  prompt_suffix={"vqa": ""}))[1]["vqa"]
+    assert all(r["filtered_resps"] == [r["prediction"]] == [cut_at_stop(r["resps"][0][0], [stop])] for r in rows)
+    assert any(stop in r["resps"][0][0] and stop not in r["prediction"] for r in rows)
 
 
 def test_a_wrong_layout_or_missing_column_is_one_line(image_folder, tmp_path):
