@@ -33,24 +33,30 @@ class TaskData:
     root: Path
 
 
+def data_root(path: str | Path) -> Path:
+    """Where a data file's relative image paths resolve: a dataset folder itself, else the file's folder."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def read_task_data(path: str | Path, task: str, limit: int | None = None,
                    image_dir: str | Path | None = None) -> TaskData:
     path = Path(path)
     if path.is_dir():
-        return _from_table(_read_directory(path), path, path, task, limit, image_dir)
+        return _from_table(_read_directory(path), path, task, limit, image_dir)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.suffix == ".parquet":
-        return _from_table(_read_parquet(path), path, path.parent, task, limit, image_dir)
+        return _from_table(_read_parquet(path), path, task, limit, image_dir)
     if path.suffix == ".arrow":
-        return _from_table(_read_arrow_files(shard_siblings(path)), path, path.parent, task, limit, image_dir)
+        return _from_table(_read_arrow_files(shard_siblings(path)), path, task, limit, image_dir)
     try:
         raw = read_records(path)[:limit]
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text; eval data is .jsonl/.json, .parquet, .arrow "
                          "or a `datasets` save_to_disk directory") from None
     fields = source_columns(task, sorted({k for r in raw for k in r}), str(path))
-    return TaskData([_with_image(map_record(r, fields), image_dir) for r in raw], path.parent)
+    return TaskData([_with_image(map_record(r, fields), image_dir) for r in raw], data_root(path))
 
 
 def shard_siblings(path: Path) -> list[Path]:
@@ -110,7 +116,7 @@ def _read_directory(path: Path):
                      "directory or cache); give a .jsonl, .parquet or .arrow file")
 
 
-def _from_table(table, source: Path, root: Path, task: str, limit: int | None, image_dir) -> TaskData:
+def _from_table(table, source: Path, task: str, limit: int | None, image_dir) -> TaskData:
     fields = source_columns(task, table.column_names, str(source))
     if limit is not None:
         table = table.slice(0, limit)
@@ -121,7 +127,7 @@ def _from_table(table, source: Path, root: Path, task: str, limit: int | None, i
         if image_column:
             raw[image_column] = table.column(image_column)[i].as_py()
         records.append(_with_image(map_record(raw, fields), image_dir))
-    return TaskData(records, root)
+    return TaskData(records, data_root(source))
 
 
 def _with_image(rec: dict, image_dir) -> dict:
