@@ -3,6 +3,7 @@ an `Image` column: the same scores as on the equivalent JSONL, and hand-computed
 
 import io
 import json
+from pathlib import Path
 
 import datasets
 import pytest
@@ -102,7 +103,7 @@ def image_folder(tmp_path):
 
 
 def _score(tmp_path, task, data, preds_file, *extra):
-    out = tmp_path / f"out_{abs(hash((task, str(data))))}"
+    out = tmp_path / f"out_{task}_{Path(data).name}"
     main(["eval", "--tasks", task, "--data", str(data), "--predictions", str(preds_file), "--out", str(out), *extra])
     return json.loads((out / "results.json").read_text())[task], [json.loads(x) for x in open(out / f"{task}.jsonl")]
 
@@ -210,4 +211,5 @@ def test_shards_and_image_values(tmp_path):
     raw.to_parquet(str(tmp_path / "raw.parquet"))
     data = read_task_data(tmp_path / "raw.parquet", "vqa", image_dir=tmp_path / "imgs")
     assert [open(r["image"], "rb").read() for r in data.records] == [IMAGES["c.png"], IMAGES["a.png"]]
+    assert [r["image"] for r in read_task_data(tmp_path / "raw.parquet", "vqa").records] == [None, None]  # no names
     assert data.root == tmp_path

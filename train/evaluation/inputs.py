@@ -121,6 +121,9 @@ def _from_table(table, source: Path, task: str, limit: int | None, image_dir) ->
     if limit is not None:
         table = table.slice(0, limit)
     image_column = fields.get("image")
+    if image_column and image_dir is None:  # no pixels needed: never copy the bytes out of the table
+        table = table.set_column(table.column_names.index(image_column), image_column,
+                                 _stored_names(table.column(image_column)))
     rest = table.drop_columns([image_column]) if image_column else table
     records = []
     for i, raw in enumerate(rest.to_pylist()):  # images one at a time: a split's bytes never all in memory
@@ -128,6 +131,19 @@ def _from_table(table, source: Path, task: str, limit: int | None, image_dir) ->
             raw[image_column] = table.column(image_column)[i].as_py()
         records.append(_with_image(map_record(raw, fields), image_dir))
     return TaskData(records, data_root(source))
+
+
+def _stored_names(column):
+    """An image column as the names its values carry: a `datasets.Image` struct's `path`, a path
+    as it is, nothing for raw bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_struct(column.type) and column.type.get_field_index("path") >= 0:
+        return pc.struct_field(column, "path")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column
+    return pa.nulls(len(column), pa.string())
 
 
 def _with_image(rec: dict, image_dir) -> dict:
