@@ -127,9 +127,10 @@ def _from_table(table, source: Path, task: str, limit: int | None, image_dir) ->
     rest = table.drop_columns([image_column]) if image_column else table
     records = []
     for i, raw in enumerate(rest.to_pylist()):  # images one at a time: a split's bytes never all in memory
-        if image_column:
-            raw[image_column] = table.column(image_column)[i].as_py()
-        records.append(_with_image(map_record(raw, fields), image_dir))
+        rec = map_record(raw, fields)
+        if image_column:  # a record of a table with images keeps the key, even when its image has no name
+            rec["image"] = table.column(image_column)[i].as_py()
+        records.append(_with_image(rec, image_dir))
     return TaskData(records, data_root(source))
 
 
