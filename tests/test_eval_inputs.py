@@ -213,3 +213,27 @@ def test_shards_and_image_values(tmp_path):
     assert [open(r["image"], "rb").read() for r in data.records] == [IMAGES["c.png"], IMAGES["a.png"]]
     assert [r["image"] for r in read_task_data(tmp_path / "raw.parquet", "vqa").records] == [None, None]  # no names
     assert data.root == tmp_path
+
+
+def test_a_set_without_answers_is_predicted_not_scored(tmp_path):
+    """VQAv2 test-dev as lmms-lab ships it (answers null): predictions written, metrics only n/skipped;
+    few-shot demonstrations from it are refused (they would show no answer)."""
+    world = tiny_world(tmp_path)
+    module = build_module(module_config(world)).eval()
+    rows = [json.loads(x) for x in open(world / "val_qa.jsonl")][:3]
+    datasets.Dataset.from_dict({
+        "question_id": [r["id"] for r in rows], "question": [r["question"] for r in rows],
+        "answers": [None] * 3, "multiple_choice_answer": [None] * 3, "answer_type": [None] * 3,
+        "image": [{"bytes": (world / r["image"]).read_bytes(), "path": None} for r in rows]},
+        features=datasets.Features({"question_id": datasets.Value("string"), "question": datasets.Value("string"),
+                                    "answers": [{"answer": datasets.Value("string")}],
+                                    "multiple_choice_answer": datasets.Value("string"),
+                                    "answer_type": datasets.Value("string"), "image": datasets.Image()}),
+    ).save_to_disk(str(tmp_path / "testdev"))
+    results, out = evaluate_model(module, {"vqa": tmp_path / "testdev"}, tmp_path / "o", Decoding(max_new_tokens=2))
+    assert results["vqa"] == {"n": 3.0, "skipped": 0.0}
+    assert [(r["id"], r["score"], r["target"]) for r in out["vqa"]] == [(r["id"], None, None) for r in rows]
+    assert all(isinstance(r["prediction"], str) for r in out["vqa"])
+    with pytest.raises(ValueError, match="few-shot demonstrations need answers, and the evaluated set has records"):
+        evaluate_model(module, {"vqa": tmp_path / "testdev"}, tmp_path / "o2", Decoding(max_new_tokens=2, shots=1,
+                                                                                      demos="random"))

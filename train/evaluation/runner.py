@@ -109,6 +109,9 @@ def with_demonstrations(module, task, records: list[dict], root: Path, decoding:
         for i, r in enumerate(records):
             by_image.setdefault(r.get("image"), set()).add(i)
         support, support_root, exclude = records, root, [by_image[r.get("image")] for r in records]
+    if not all(task.references(d) for d in support):
+        raise ValueError(f"few-shot demonstrations need answers, and {decoding.support or 'the evaluated set'} has "
+                         "records without: pass --support with an answered set of the same task")
     q_emb = s_emb = None
     if decoding.demos == "rices":
         q_emb = pooled_image_embeddings(module.model.vision, records, root, decoding.batch_size)
