@@ -1,6 +1,7 @@
 """`chimera eval`: results and per-sample files, batch-size invariance, scoring existing predictions,
 official-format converters, W&B logging and clear errors."""
 
+import hashlib
 import json
 
 import pytest
@@ -39,6 +40,9 @@ def test_eval_writes_results_and_per_sample_records(trained, tmp_path, capsys):
     assert set(results) == {"vqa", "meta"}
     meta = results["meta"]
     assert meta["checkpoint"] == str(ckpt) and meta["model"] == "LLaVA" and len(meta["config_hash"]) == 16
+    assert meta["model_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["max_new_tokens"] == {"vqa": 8} and meta["data_sha256"]["vqa"] == hashlib.sha256(
+        (world / "val_qa.jsonl").read_bytes()).hexdigest()
     assert meta["data"]["vqa"] == str(world / "val_qa.jsonl")
     rows = _jsonl(out / "vqa.jsonl")
     data = _jsonl(world / "val_qa.jsonl")
@@ -81,8 +85,12 @@ def test_score_existing_predictions_without_a_model(trained, tmp_path):
              for i, d in enumerate(data[:-1])]
     pred_file = tmp_path / "preds.jsonl"
     pred_file.write_text("".join(json.dumps(p) + "\n" for p in preds))
+    # a missing prediction is an error naming how many and which, unless --allow-missing
+    with pytest.raises(ValueError, match=rf"1 of {len(data)} samples .* no prediction \(first ids: '{data[-1]['id']}'\)"):
+        main(["eval", "--tasks", "vqa", "--predictions", str(pred_file), "--data", str(world / "val_qa.jsonl"),
+              "--out", str(tmp_path / "out")])
     main(["eval", "--tasks", "vqa", "--predictions", str(pred_file), "--data", str(world / "val_qa.jsonl"),
-          "--out", str(tmp_path / "out")])
+          "--out", str(tmp_path / "out"), "--allow-missing"])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     right = sum(1 for i in range(len(data) - 1) if i % 2 == 0)
     assert results["vqa"]["accuracy"] == pytest.approx(right / (len(data) - 1))
@@ -157,7 +165,7 @@ def test_user_errors_name_the_cause(trained, tmp_path):
         main(["eval", "--ckpt", str(ckpt), "--tasks", "pope", "--out", str(tmp_path)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": 1, "image": "x.png"}) + "\n")
-    with pytest.raises(ValueError, match="lacks \\['question'\\]"):
+    with pytest.raises(ValueError, match="bad.jsonl: no 'question' column \\(the 'vqa' task's 'question' field\\)"):
         main(["eval", "--ckpt", str(ckpt), "--tasks", "vqa", "--data", str(bad), "--out", str(tmp_path)])
 
 

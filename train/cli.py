@@ -15,7 +15,8 @@ commands:
   fit        train from an experiment config   (chimera fit --config configs/experiments/X.yaml)
   validate   validate a config/checkpoint       (chimera validate --config X.yaml --ckpt_path CKPT)
   data       write a synthetic world            (chimera data sort-of-clevr|shapes --out DIR ...)
-             or convert an official eval set    (chimera data vqav2|coco-captions|pope ... --out FILE)
+             or convert an official eval set    (chimera data vqav2|coco-captions|lavis-captions|karpathy|pope ...)
+             or write EvalAI's VQAv2 answers    (chimera data vqav2-submission --predictions OUT/vqa.jsonl ...)
   generate   answer a prompt about an image     (chimera generate --ckpt CKPT --image IMG --prompt TEXT)
   pipeline   run staged experiments             (chimera pipeline run configs/pipelines/demo.yaml)
   merge      fold LoRA into dense weights       (chimera merge --ckpt CKPT --out DIR)
@@ -49,27 +50,57 @@ def data_main(argv: list[str]) -> None:
     shp.add_argument("--seed", type=int, default=0)
     shp.add_argument("--max-objects", type=int, default=5)
     shp.add_argument("--shard-size", type=int, default=1000)
-    vqa = sub.add_parser("vqav2", help="convert official VQAv2 questions+annotations to eval JSONL")
+    vqa = sub.add_parser("vqav2", help="convert VQAv2 questions (+annotations; none for test-dev) to eval JSONL")
     vqa.add_argument("--questions", required=True)
-    vqa.add_argument("--annotations", required=True)
+    vqa.add_argument("--annotations", help="answers file; omit for test-dev/test (predicted, then vqav2-submission)")
     vqa.add_argument("--image-dir", default="")
+    vqa.add_argument("--image-pattern", help="image file name from {image_id}; default: from data_subtype")
     vqa.add_argument("--out", required=True)
-    coco = sub.add_parser("coco-captions", help="convert a COCO captions JSON to eval JSONL")
+    sub_ = sub.add_parser("vqav2-submission", help="EvalAI's VQAv2 answer file from predictions")
+    sub_.add_argument("--predictions", required=True, help="chimera eval's vqa.jsonl or a LLaVA answer file")
+    sub_.add_argument("--questions", help="test2015 questions file: every question gets an entry ('' if not predicted)")
+    sub_.add_argument("--id-field")
+    sub_.add_argument("--text-field")
+    sub_.add_argument("--out", required=True)
+    coco = sub.add_parser("coco-captions", help="convert a COCO captions JSON (or LAVIS *_gt.json) to eval JSONL")
     coco.add_argument("--captions", required=True)
     coco.add_argument("--image-dir", default="")
+    coco.add_argument("--image-pattern", help="image file name from {image_id}, for files without file_name (LAVIS gt)")
     coco.add_argument("--out", required=True)
+    lavis = sub.add_parser("lavis-captions", help="convert a LAVIS caption annotation list (coco_karpathy_*.json)")
+    lavis.add_argument("--annotations", required=True)
+    lavis.add_argument("--image-dir", default="")
+    lavis.add_argument("--out", required=True)
+    karpathy = sub.add_parser("karpathy", help="convert Karpathy's dataset_coco.json (one or more splits)")
+    karpathy.add_argument("--dataset", required=True)
+    karpathy.add_argument("--split", nargs="+", required=True, metavar="SPLIT",
+                          help="train, restval, val and/or test (LAVIS's train: train restval)")
+    karpathy.add_argument("--image-dir", default="")
+    karpathy.add_argument("--out", required=True)
     pope = sub.add_parser("pope", help="convert official POPE JSONL files (SPLIT=FILE ...) to eval JSONL")
     pope.add_argument("--splits", nargs="+", required=True, metavar="SPLIT=FILE")
     pope.add_argument("--image-dir", default="")
     pope.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    if args.world in ("vqav2", "coco-captions", "pope"):
+    if args.world == "vqav2-submission":
+        from train.evaluation.vqav2_submission import write_vqav2_submission
+
+        answered, written = write_vqav2_submission(args.predictions, args.out, args.questions, args.id_field,
+                                                   args.text_field)
+        print(f"wrote {written} answers ({answered} predicted) to {args.out}")
+        return
+    if args.world in ("vqav2", "coco-captions", "lavis-captions", "karpathy", "pope"):
         from data import eval_formats
 
         if args.world == "vqav2":
-            n = eval_formats.convert_vqav2(args.questions, args.annotations, args.image_dir, args.out)
+            n = eval_formats.convert_vqav2(args.questions, args.annotations, args.image_dir, args.out,
+                                           args.image_pattern)
         elif args.world == "coco-captions":
-            n = eval_formats.convert_coco_captions(args.captions, args.image_dir, args.out)
+            n = eval_formats.convert_coco_captions(args.captions, args.image_dir, args.out, args.image_pattern)
+        elif args.world == "lavis-captions":
+            n = eval_formats.convert_lavis_captions(args.annotations, args.image_dir, args.out)
+        elif args.world == "karpathy":
+            n = eval_formats.convert_karpathy(args.dataset, args.split, args.image_dir, args.out)
         else:
             if not all("=" in s for s in args.splits):
                 parser.error(f"--splits takes SPLIT=FILE pairs, got {args.splits}")

@@ -20,8 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", help="checkpoint from `chimera fit` or a release directory (without it: the config's untrained model)")
     p.add_argument("--tasks", required=True, help="comma-separated: vqa,caption,pope")
     p.add_argument("--data", action="append", default=[],
-                   help="FILE (one task) or TASK=FILE; repeatable. Default: the task's file beside data.val_qa")
-    p.add_argument("--predictions", help='JSONL of {"id", "prediction"} to score without loading a model')
+                   help="FILE (one task) or TASK=FILE; repeatable. FILE: our .jsonl, a .parquet or .arrow file, or a "
+                        "`datasets` save_to_disk folder (lmms-lab column names). Default: the task's file beside "
+                        "data.val_qa")
+    p.add_argument("--predictions", help='predictions to score without loading a model: JSONL or JSON list of '
+                   '{"id", "prediction"} or LLaVA answer files {"question_id", "text"}')
+    p.add_argument("--id-field", help="--predictions: the field holding the id (default: recognised by name)")
+    p.add_argument("--text-field", help="--predictions: the field holding the prediction (default: recognised by name)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="--predictions: score a file that lacks some samples (they count as skipped) instead of failing")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-beams", type=int, default=1)
@@ -84,7 +91,7 @@ def resolve_task_files(tasks: list[str], data_args: list[str], val_qa: str | Non
             if not val_qa:
                 raise ValueError(f"no data file for task {name!r}: pass --data or a --config with data.val_qa")
             files[name] = str(Path(val_qa).parent / make_task(name).default_file)
-        if not Path(files[name]).is_file():
+        if not Path(files[name]).exists():
             raise FileNotFoundError(f"data file for task {name!r} not found: {files[name]}")
     return files
 
@@ -113,7 +120,8 @@ def eval_main(argv: list[str]) -> dict:
         if len(tasks) != 1:
             raise ValueError("--predictions scores one task at a time")
         results, rows = score_prediction_file(tasks[0], args.predictions, files[tasks[0]], args.out,
-                                              suffixes.get(tasks[0]))
+                                              suffixes.get(tasks[0]), args.allow_missing, args.id_field,
+                                              args.text_field)
     else:
         module = _load_module(args, config)
         decoding = Decoding(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,

@@ -54,8 +54,9 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 @torch.no_grad()
 def generate_predictions(module, records: list[dict], root: str | Path, prompts: list[str | list[dict]],
                          decoding: Decoding, max_new_tokens: int, num_workers: int = 0) -> list[str | None]:
-    """One prediction per record; None where an image is missing or unreadable. A prompt is a
-    question, or (few-shot) a conversation whose last turn is the question."""
+    """One raw response per record (the caller cuts it at `decoding.stop` with `cut_at_stop`; both are
+    logged); None where an image is missing or unreadable. A prompt is a question, or (few-shot) a
+    conversation whose last turn is the question."""
     model = module.model
     tok = model.tokenizer
     dataset = PromptDataset(records, root, prompts, tok, prompt_template(module, decoding),
@@ -76,7 +77,7 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
                                  max_new_tokens=max_new_tokens, num_beams=decoding.num_beams, **stop_kwargs)
             texts = tok.batch_decode(out, skip_special_tokens=True)
             for meta, text in zip(batch["meta"], texts):
-                predictions[meta["index"]] = cut_at_stop(text, decoding.stop)
+                predictions[meta["index"]] = text
     finally:
         module.train(was_training)
     return predictions

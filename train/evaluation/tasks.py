@@ -1,7 +1,8 @@
 """Evaluation tasks: how a record becomes a prompt, what its references are, how it is scored.
 
 A task is data + three small functions; adding one never means copying a 100-line block.
-Records use the project's JSONL eval format (see `data/eval_formats.py` for converters).
+Records use the project's field names (`data/eval_formats.py` converts official files to our JSONL;
+`train/evaluation/columns.py` maps the lmms-lab datasets' columns to them).
 
 `prompt_suffix` follows LLaVA-1.5's eval scripts (and lmms-eval's `post_prompt`): short-answer
 tasks (VQA, POPE) end the question with `SHORT_ANSWER`; captions take none. Models trained
@@ -48,16 +49,20 @@ class VQATask:
     type_groups: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TYPE_GROUPS))
 
     def check(self, records: list[dict], source: str) -> None:
+        """Every record has an answer, or none has (a test split: predicted, not scored)."""
         _require(records, {"id", "question"}, self.name, source)
-        for rec in records:
-            if "answer" not in rec and "answers" not in rec:
-                raise ValueError(f"{source}: record {rec['id']!r} has neither 'answer' nor 'answers'")
+        answered = [bool(self.references(rec)) for rec in records]
+        if any(answered) and not all(answered):
+            rec = records[answered.index(False)]
+            raise ValueError(f"{source}: record {rec['id']!r} has neither 'answer' nor 'answers' (other records do)")
 
     def prompt(self, rec: dict) -> str:
         return self.prompt_template.format(question=rec["question"]) + self.prompt_suffix
 
     def references(self, rec: dict) -> list[str]:
-        return [str(a) for a in rec["answers"]] if "answers" in rec else [str(rec["answer"])]
+        if "answers" in rec:
+            return [str(a) for a in rec["answers"]]
+        return [str(rec["answer"])] if "answer" in rec else []
 
     def score_sample(self, prediction: str, rec: dict) -> float:
         return vqa_accuracy(prediction, self.references(rec))

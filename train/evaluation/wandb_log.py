@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from train.evaluation.inputs import data_root
+
 TABLE_ROWS = 32
 COLUMNS = ["id", "image", "prompt", "prediction", "reference", "score"]
 
@@ -27,7 +29,7 @@ def sample_tables(rows_by_task: dict[str, list[dict]], files: dict[str, str | Pa
 
     tables = {}
     for task, rows in rows_by_task.items():
-        root = Path(files[task]).parent
+        root = data_root(files[task])
         table = wandb.Table(columns=COLUMNS)
         for r in rows[:TABLE_ROWS]:
             image = root / r["image"] if r.get("image") else None
