@@ -26,6 +26,7 @@ from models.connectors import Connector
 from models.language import LanguageModel, decoder_layer_list
 from models.losses import chunked_next_token_loss, next_token_loss
 from models.resampler import PerceiverResampler, feed_forward, in_input_dtype, merge_heads, split_heads
+from models.sample_attention import sample_causal_mask, segment_positions
 from models.vision import VisionEncoder, encode_without_frozen_graph
 
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
@@ -323,11 +324,18 @@ class Flamingo(nn.Module):
         if labels is not None:
             labels = labels.masked_fill(labels == self.image_token_id, IGNORE_INDEX)
         chunked = self.loss_chunk_size is not None and labels is not None
+        # the causal mask inside each row's sample (after its padding, either side), built here so
+        # that transformers does not read the mask back to ask whether it is all ones
+        segments = attention_mask.long() - 1
+        shape = torch.zeros((), dtype=self.language.model.dtype, device=input_ids.device).expand(*input_ids.shape, 1)
+        mask = sample_causal_mask(self.language.model.config, shape, segments)
+        positions = segment_positions(segments)
         with self.conditioned_on(media, counts):
             if chunked:  # the embedding call sets the media state, as a full LM call does
-                hidden = self.language.hidden_states(self.language.embed(input_ids), attention_mask)
+                hidden = self.language.hidden_states(self.language.embed(input_ids), mask, positions)
             else:
-                logits = self.language.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                logits = self.language.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                             use_cache=False).logits
         if chunked:  # outside the hooks: the checkpointed chunks recompute with `output_logits` in the backward too
             return None, chunked_next_token_loss(hidden, self.output_logits, labels, self.loss_chunk_size)
         return logits, None if labels is None else next_token_loss(logits, labels)
