@@ -59,11 +59,17 @@ def counts(module, part: str | None = None) -> tuple[int, int]:
 # --- closed forms --------------------------------------------------------------------------
 
 def clip_vision(image: int, patch: int = 14, width: int = 1024, layers: int = 24, mlp: int = 4096,
-                open_clip_proj: int = 0) -> int:
+                open_clip_proj: int = 0, post_norm: bool = True) -> int:
     tokens = (image // patch) ** 2 + 1
     block = 4 * (width * width + width) + 2 * 2 * width + (width * mlp + mlp) + (mlp * width + width)
     # patch conv (no bias), class embedding, positions, pre-LN, blocks, post-LN, (open_clip's proj)
-    return 3 * patch * patch * width + width + tokens * width + 2 * width + layers * block + 2 * width + open_clip_proj
+    return (3 * patch * patch * width + width + tokens * width + 2 * width + layers * block
+            + (2 * width if post_norm else 0) + open_clip_proj)
+
+
+def kept_tower(image: int, select_layer: int = -2) -> int:
+    """An HFVision CLIP-L tower as built: the blocks after `select_layer` and the post-LN never are."""
+    return clip_vision(image, layers=24 + select_layer + 1, post_norm=False)
 
 
 def llama(vocab: int, d: int, ff: int, layers: int) -> int:
@@ -128,15 +134,18 @@ def test_stand_in_reads_nothing_from_the_hub(tokenizer):
 
 # --- LLaVA-1.5-7B ---------------------------------------------------------------------------
 
-LLAVA_TOTAL = 7_062_902_784
+LLAVA_TOTAL = 7_062_902_784  # as published, with the whole tower
+LLAVA_TOWER = kept_tower(336)  # select_layer -2: one block and the post-LN fewer
+LLAVA_BUILT = LLAVA_TOTAL - (LLAVA_VISION - LLAVA_TOWER)
 
 
 def test_llava_pretrain_counts(tokenizer):
     module = build_on_meta(model_section(LLAVA / "pretrain.yaml"), tokenizer)
     total, trainable = counts(module)
-    assert total == LLAVA_TOTAL == LLAVA_VISION + PROJECTOR + VICUNA
+    assert LLAVA_TOTAL == LLAVA_VISION + PROJECTOR + VICUNA
+    assert total == LLAVA_BUILT == 7_050_304_512 and LLAVA_VISION - LLAVA_TOWER == 12_598_272
     assert trainable == PROJECTOR == 20_979_712
-    assert counts(module, "vision") == (LLAVA_VISION, 0)
+    assert counts(module, "vision") == (LLAVA_TOWER, 0)
     assert counts(module, "language") == (VICUNA, 0)
     assert module.model.num_image_tokens == 576
     assert module.model.vision.select_layer == -2
@@ -145,7 +154,7 @@ def test_llava_pretrain_counts(tokenizer):
 def test_llava_finetune_counts(tokenizer):
     module = build_on_meta(model_section(LLAVA / "finetune.yaml"), tokenizer)
     total, trainable = counts(module)
-    assert total == LLAVA_TOTAL
+    assert total == LLAVA_BUILT
     assert trainable == PROJECTOR + VICUNA == 6_759_395_328
     assert module.lrs["language"] is None and module.lr == 2e-5
 
@@ -155,7 +164,7 @@ def test_llava_lora_counts(tokenizer, name):
     module = build_on_meta(model_section(LLAVA / f"{name}.yaml"), tokenizer)
     total, trainable = counts(module)
     assert LORA == 319_815_680
-    assert total == LLAVA_TOTAL + LORA
+    assert total == LLAVA_BUILT + LORA
     assert trainable == PROJECTOR + LORA
     assert module.lr == 2e-4 and module.lrs["connector"] == 2e-5
 
@@ -196,5 +205,5 @@ def test_blip2_style_counts(tokenizer):
     assert module.model.num_image_tokens == 32
     assert module.model.connector.cross_attention_layers == [0, 2, 4, 6, 8, 10]
     assert trainable == qformer
-    assert total == clip_vision(224) + VICUNA + qformer
+    assert total == kept_tower(224) + VICUNA + qformer
     assert 100e6 < qformer < 120e6, qformer  # BERT-base layers + 6 cross-attentions, no text embeddings
