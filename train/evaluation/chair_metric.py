@@ -28,12 +28,12 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
 def singular(word: str) -> str:
-    """English plural -> singular for regular nouns: boxes -> box, berries -> berry, dogs -> dog."""
+    """English plural -> singular for regular nouns: boxes -> box, berries -> berry, dogs -> dog (bus stays)."""
     if len(word) > 3 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 3 and word.endswith(("ses", "xes", "zes", "ches", "shes")):
         return word[:-2]
-    if len(word) > 2 and word.endswith("s") and not word.endswith("ss"):
+    if len(word) > 2 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
 
