@@ -80,7 +80,8 @@ def test_textvqa_uses_evalai_answer_processing():
 def test_textvqa_prompt_carries_the_ocr_tokens_as_llava_15():
     task = make_task("textvqa")
     rec = {"question": "what is the brand of this camera?", "ocr_tokens": ["dakota", "digital", "camera"]}
-    assert task.prompt(rec) == ("what is the brand of this camera?\nReference OCR token: dakota, digital, camera" + SHORT)
+    assert task.prompt(rec) == ("what is the brand of this camera?\nReference OCR token: dakota, digital, camera"
+                                + SHORT)
     assert task.prompt({**rec, "ocr_tokens": []}) == "what is the brand of this camera?" + SHORT  # no empty line
     assert make_task("textvqa", options={"ocr_in_prompt": False}).prompt(rec) == rec["question"] + SHORT
 

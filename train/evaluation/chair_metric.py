@@ -4,8 +4,8 @@ Objects a caption mentions are found through a synonym table `{class: [word or p
 lowercased word tokens are matched greedily, longest phrase first (CHAIR's "double words" such as
 "motor bike", here phrases of any length), a phrase's last word also in its regular singular form
 (so "circles" and "red circles" match "circle" and "red circle"; irregular plurals such as
-"people" or "knives" are listed in the table, as CHAIR's own list does). Every mention counts, repeats included, as in CHAIR's `caption_to_words` and
-lmms-eval's `coco_cap_chair`:
+"people" or "knives" are listed in the table, as CHAIR's own list does). Every mention counts,
+repeats included, as in CHAIR's `caption_to_words` and lmms-eval's `coco_cap_chair`:
   CHAIR-i = hallucinated mentions / all mentions        (mentions of classes not in the image)
   CHAIR-s = captions with >= 1 hallucination / captions
   recall  = ground-truth classes mentioned / ground-truth classes   (lmms-eval's `coco_cap_recall`)
@@ -51,7 +51,8 @@ class SynonymTable:
                 if not key:
                     raise ValueError(f"{source}: class {cls!r} has an empty synonym {phrase!r}")
                 if self.phrase_class.get(key, cls) != cls:
-                    raise ValueError(f"{source}: {phrase!r} is a synonym of both {self.phrase_class[key]!r} and {cls!r}")
+                    raise ValueError(f"{source}: {phrase!r} is a synonym of both "
+                                     f"{self.phrase_class[key]!r} and {cls!r}")
                 self.phrase_class[key] = cls
         if not self.phrase_class:
             raise ValueError(f"{source}: no classes")

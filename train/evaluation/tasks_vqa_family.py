@@ -21,11 +21,10 @@ GQA by `gqa_metric.gqa_match`. A split without answers (test-dev) is predicted, 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from train.evaluation.gqa_metric import gqa_match
-from train.evaluation.tasks import SHORT_ANSWER, VQATask, _require
+from train.evaluation.tasks import SHORT_ANSWER, VQATask
 from train.evaluation.vqa_metric import vqa_accuracy
 from train.evaluation.vqav2_submission import evalai_answer
 
