@@ -21,6 +21,24 @@ TASK_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "caption": _CAPTIONS,
     "retrieval": _CAPTIONS,
     "zeroshot": {"id": ("id",), "image": ("image",), "label": ("label",)},
+    # lmms-lab/VQAv2, GQA (testdev_balanced_instructions + the `image` lmms-eval joins in by imageId),
+    # textvqa, VizWiz-VQA (`category`: unanswerable, yes/no, number, other), OK-VQA
+    "vqav2": {"id": ("id", "question_id"), "image": ("image",), "question": ("question",), "answers": ("answers",),
+              "answer": ("answer", "multiple_choice_answer"), "type": ("type", "answer_type")},
+    "gqa": {"id": ("id", "question_id"), "image": ("image",), "question": ("question",), "answer": ("answer",)},
+    "textvqa": {"id": ("id", "question_id"), "image": ("image",), "question": ("question",), "answers": ("answers",),
+                "ocr_tokens": ("ocr_tokens",)},
+    "vizwiz": {"id": ("id", "question_id"), "image": ("image",), "question": ("question",), "answers": ("answers",),
+               "type": ("type", "category")},
+    "okvqa": {"id": ("id", "question_id"), "image": ("image",), "question": ("question",), "answers": ("answers",)},
+    # lmms-lab/COCO-Caption2017 (`answer`), NoCaps (`annotations_captions`), flickr30k (`caption`, a list)
+    "coco_caption": _CAPTIONS,
+    "nocaps": {"id": ("id", "image_id"), "image": ("image",), "captions": ("captions", "annotations_captions"),
+               "caption": ("caption",)},
+    "flickr30k": {"id": ("id", "img_id"), "image": ("image",), "captions": ("captions", "caption")},
+    # tsunghanwu/mscoco_chair (lmms-eval's coco_cap_chair): `gt_object` lists the image's classes
+    "chair": {"id": ("id", "question_id", "image_id"), "image": ("image",), "objects": ("objects", "gt_object"),
+              "captions": ("captions", "answer"), "caption": ("caption",)},
 }
 
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -29,6 +47,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "caption": ("id", "image"),
     "retrieval": ("id", "image"),
     "zeroshot": ("id", "image", "label"),
+    "vqav2": ("id", "question"), "gqa": ("id", "question"), "textvqa": ("id", "question"),
+    "vizwiz": ("id", "question"), "okvqa": ("id", "question"),
+    "coco_caption": ("id", "image"), "nocaps": ("id", "image"), "flickr30k": ("id", "image"), "chair": ("id", "image"),
 }
 
 

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "existing predictions; writes OUT/results.json and OUT/<task>.jsonl.")
     p.add_argument("--config", help="experiment YAML: default data files (beside data.val_qa) and logger")
     p.add_argument("--ckpt", help="checkpoint from `chimera fit` or a release directory (without it: the config's untrained model)")
-    p.add_argument("--tasks", required=True, help="comma-separated: vqa,caption,pope")
+    p.add_argument("--tasks", required=True, help="comma-separated: vqa,caption,pope, vqav2,gqa,textvqa,vizwiz,okvqa, "
+                   "coco_caption,nocaps,flickr30k, chair, ...")
     p.add_argument("--data", action="append", default=[],
                    help="FILE (one task) or TASK=FILE; repeatable. FILE: our .jsonl, a .parquet or .arrow file, or a "
                         "`datasets` save_to_disk folder (lmms-lab column names). Default: the task's file beside "
@@ -45,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text appended to each question of TASK (repeatable; \\n is a newline; empty TEXT: none). "
                         "Default: LLaVA-1.5's, vqa/pope: '\\nAnswer the question using a single word or phrase.', "
                         "caption: none")
+    p.add_argument("--chair-synonyms", metavar="FILE",
+                   help='chair: JSON synonym table {"class": ["synonym", ...]} (default: the Shapes world\'s)')
     return p
+
+
+def task_options(args, tasks: list[str]) -> dict[str, dict]:
+    """Per-task settings from their options; one for a task not evaluated is an error."""
+    if args.chair_synonyms and "chair" not in tasks:
+        raise ValueError("--chair-synonyms is for the chair task, which is not in --tasks")
+    return {"chair": {"synonyms_file": args.chair_synonyms}} if args.chair_synonyms else {}
 
 
 def parse_prompt_suffixes(args: list[str], tasks: list[str]) -> dict[str, str]:
@@ -112,8 +122,9 @@ def eval_main(argv: list[str]) -> dict:
     args = build_parser().parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     suffixes = parse_prompt_suffixes(args.prompt_suffix, tasks)
-    for t in tasks:
-        make_task(t, suffixes.get(t))  # unknown names (and suffixes for prompt-less tasks) fail before anything loads
+    options = task_options(args, tasks)
+    for t in tasks:  # unknown names, suffixes for prompt-less tasks, bad task options fail before anything loads
+        make_task(t, suffixes.get(t), options.get(t))
     config = _read_config(args.config)
     files = resolve_task_files(tasks, args.data, default_val_qa(config))
     if args.predictions:
@@ -121,14 +132,14 @@ def eval_main(argv: list[str]) -> dict:
             raise ValueError("--predictions scores one task at a time")
         results, rows = score_prediction_file(tasks[0], args.predictions, files[tasks[0]], args.out,
                                               suffixes.get(tasks[0]), args.allow_missing, args.id_field,
-                                              args.text_field)
+                                              args.text_field, options.get(tasks[0]))
     else:
         module = _load_module(args, config)
         decoding = Decoding(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                             stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size,
                             shots=args.shots, demos=args.demos, support=args.support, template=args.template,
                             prompt_suffix=suffixes)
-        results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt)
+        results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt, options)
     settings = wandb_settings(config)
     if settings is not None:
         log_eval_to_wandb(results, rows, files, settings)

@@ -28,8 +28,12 @@ from train.evaluation.inputs import TaskData, read_task_data
 from train.evaluation.predictions import id_key, read_predictions
 from train.evaluation.provenance import content_sha256
 from train.evaluation.tasks import GENERATIVE_TASKS
+from train.evaluation.tasks_captions import CAPTION_TASKS
+from train.evaluation.tasks_chair import CHAIR_TASKS
+from train.evaluation.tasks_vqa_family import VQA_FAMILY_TASKS
 
 TASKS = {**GENERATIVE_TASKS, **CONTRASTIVE_TASKS}
+TASKS.update({**VQA_FAMILY_TASKS, **CAPTION_TASKS, **CHAIR_TASKS})
 
 log = logging.getLogger(__name__)
 EXTRA_FIELDS = ("type", "split", "object")
@@ -41,11 +45,12 @@ def config_hash(config: dict | None) -> str | None:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_task(name: str, prompt_suffix: str | None = None):
-    """The task by name; `prompt_suffix` replaces its default (generative tasks only)."""
+def make_task(name: str, prompt_suffix: str | None = None, options: dict | None = None):
+    """The task by name; `prompt_suffix` replaces its default (generative tasks only); `options`:
+    the task's own settings (`chair`: `synonyms_file`)."""
     if name not in TASKS:
         raise ValueError(f"unknown eval task {name!r}; choose from {sorted(TASKS)}")
-    task = TASKS[name]()
+    task = TASKS[name](**(options or {}))
     if prompt_suffix is not None:
         if is_contrastive(task):
             raise ValueError(f"task {name!r} scores embeddings and has no prompt to suffix")
@@ -189,8 +194,10 @@ def _meta(**kw) -> dict:
 
 
 def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Path, decoding: Decoding | None = None,
-                   limit: int | None = None, checkpoint: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
+                   limit: int | None = None, checkpoint: str | None = None,
+                   task_options: dict[str, dict] | None = None) -> tuple[dict, dict[str, list[dict]]]:
     """Generate and score every task; writes results.json and the per-sample files."""
+    task_options = task_options or {}
     decoding = decoding or Decoding()
     check_prompt_suffixes(decoding.prompt_suffix, task_files)
     results: dict = {}
@@ -199,7 +206,7 @@ def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Pat
     max_new_tokens: dict[str, int] = {}
     image_dir = Path(out_dir) / "images"
     for name, path in task_files.items():
-        task = make_task(name, decoding.prompt_suffix.get(name))
+        task = make_task(name, decoding.prompt_suffix.get(name), task_options.get(name))
         data = load_task_data(task, path, limit, image_dir)
         results[name], rows_by_task[name] = _run_task(module, task, data.records, data.root, decoding, image_dir)
         prompts[name] = prompt_settings(task, module, decoding)
@@ -211,19 +218,21 @@ def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Pat
                             model_sha256=content_sha256(checkpoint) if checkpoint else None,
                             config_hash=config_hash(config), data={k: str(v) for k, v in task_files.items()},
                             data_sha256={k: content_sha256(v) for k, v in task_files.items()},
-                            decoding=asdict(decoding), max_new_tokens=max_new_tokens, limit=limit, prompts=prompts)
+                            decoding=asdict(decoding), max_new_tokens=max_new_tokens, limit=limit, prompts=prompts,
+                            task_options=task_options)
     write_outputs(out_dir, results, rows_by_task)
     return results, rows_by_task
 
 
 def score_prediction_file(task_name: str, predictions: str | Path, data: str | Path, out_dir: str | Path,
                           prompt_suffix: str | None = None, allow_missing: bool = False, id_field: str | None = None,
-                          text_field: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
+                          text_field: str | None = None,
+                          task_options: dict | None = None) -> tuple[dict, dict[str, list[dict]]]:
     """Score predictions from any model (our `{"id", "prediction"}`, LLaVA's `{"question_id", "text"}`,
     or the named fields) against a data file, matched by `id_key`. A sample without a prediction is
     an error unless `allow_missing` (then it is counted as skipped); `prompt_suffix` only changes
-    the prompts recorded per sample."""
-    task = make_task(task_name, prompt_suffix)
+    the prompts recorded per sample; `task_options`: the task's own settings (see `make_task`)."""
+    task = make_task(task_name, prompt_suffix, task_options)
     if is_contrastive(task):
         raise ValueError(f"task {task_name!r} scores embeddings, not text predictions: run it with --ckpt")
     records = load_task_records(task, data)
@@ -247,6 +256,7 @@ def score_prediction_file(task_name: str, predictions: str | Path, data: str | P
                                                  predictions_sha256=content_sha256(predictions),
                                                  data={task_name: str(data)},
                                                  data_sha256={task_name: content_sha256(data)},
-                                                 prompts={task_name: {"suffix": task.prompt_suffix}})}
+                                                 prompts={task_name: {"suffix": task.prompt_suffix}},
+                                                 task_options={task_name: task_options} if task_options else {})}
     write_outputs(out_dir, results, {task_name: rows})
     return results, {task_name: rows}

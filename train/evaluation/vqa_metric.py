@@ -8,7 +8,7 @@ references (as lmms-eval and LLaVA's evaluator do), which never lowers a score.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # number words the official script maps to digits (only zero..ten)
 NUMBER_WORDS = {
@@ -76,16 +76,18 @@ def normalize_vqa_answer(text: str) -> str:
     return process_digits_articles(process_punctuation(text))
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+def vqa_accuracy(prediction: str, answers: Sequence[str],
+                 normalize: Callable[[str], str] = normalize_vqa_answer) -> float:
     """Mean over the leave-one-out subsets of the references of min(1, #matches / 3).
 
     With ten human answers this is the official VQAv2 score; with a single reference it is
-    normalised exact match (0 or 1).
+    normalised exact match (0 or 1). `normalize` is applied to prediction and references alike
+    (TextVQA's evaluator uses EvalAI's answer processor instead of the VQA one).
     """
     if not answers:
         raise ValueError("vqa_accuracy needs at least one reference answer")
-    pred = normalize_vqa_answer(prediction)
-    refs = [normalize_vqa_answer(a) for a in answers]
+    pred = normalize(prediction)
+    refs = [normalize(a) for a in answers]
     if len(refs) == 1:
         return float(pred == refs[0])
     scores = []
