@@ -21,6 +21,22 @@ TASK_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "caption": _CAPTIONS,
     "retrieval": _CAPTIONS,
     "zeroshot": {"id": ("id",), "image": ("image",), "label": ("label",)},
+    # multiple choice (tasks_multiple_choice.py, tasks_mmmu_mme.py); lmms-lab/ScienceQA and MME rows
+    # get their position as id (MME's question_id names the image its two questions share)
+    "scienceqa_img": {"id": ("id",), "image": ("image",), "question": ("question",), "choices": ("choices",),
+                      "answer": ("answer",), "hint": ("hint",), "subject": ("subject",)},
+    "mmbench": {"id": ("id", "index"), "image": ("image",), "question": ("question",), "hint": ("hint",),
+                **{c: (c,) for c in "ABCDE"}, "answer": ("answer",), "category": ("category",),
+                "l2_category": ("l2_category", "L2-category")},
+    "seed_bench": {"id": ("id", "question_id"), "image": ("image",), "question": ("question",),
+                   **{f"choice_{c}": (f"choice_{c}",) for c in "abcd"}, "answer": ("answer",),
+                   "data_type": ("data_type",), "question_type_id": ("question_type_id",)},
+    "mmmu": {"id": ("id",), "image": ("image", "image_1"), "question": ("question",), "options": ("options",),
+             "answer": ("answer",), "question_type": ("question_type",)},
+    "mmstar": {"id": ("id", "index"), "image": ("image",), "question": ("question",), "answer": ("answer",),
+               "category": ("category",), "l2_category": ("l2_category",)},
+    "mme": {"id": ("id",), "pair": ("pair", "question_id"), "image": ("image",), "question": ("question",),
+            "answer": ("answer",), "category": ("category",)},
 }
 
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -29,6 +45,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "caption": ("id", "image"),
     "retrieval": ("id", "image"),
     "zeroshot": ("id", "image", "label"),
+    "scienceqa_img": ("question", "choices", "answer"),
+    "mmbench": ("id", "question", "A", "B"),  # no answer: the test split, predictions only
+    "seed_bench": ("id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer"),
+    "mmmu": ("id", "question", "question_type"),
+    "mmstar": ("id", "question", "answer"),
+    "mme": ("pair", "question", "answer", "category"),
 }
 
 

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text appended to each question of TASK (repeatable; \\n is a newline; empty TEXT: none). "
                         "Default: LLaVA-1.5's, vqa/pope: '\\nAnswer the question using a single word or phrase.', "
                         "caption: none")
+    p.add_argument("--mc-mode", choices=["generate", "loglik"], default="generate",
+                   help="multiple-choice tasks: generate an answer and read the option from it (default), or pick "
+                        "the option whose text has the highest summed log-probability after the prompt")
     return p
 
 
@@ -127,7 +130,7 @@ def eval_main(argv: list[str]) -> dict:
         decoding = Decoding(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                             stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size,
                             shots=args.shots, demos=args.demos, support=args.support, template=args.template,
-                            prompt_suffix=suffixes)
+                            prompt_suffix=suffixes, mc_mode=args.mc_mode)
         results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt)
     settings = wandb_settings(config)
     if settings is not None:

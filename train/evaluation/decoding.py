@@ -34,6 +34,7 @@ class Decoding:
     seed: int = 0
     template: TemplateName | None = None  # a named template instead of the checkpoint's own
     prompt_suffix: dict[str, str] = field(default_factory=dict)  # task -> suffix; others keep the task's default
+    mc_mode: str = "generate"  # multiple choice: "generate" + answer parsing, or "loglik" (train/evaluation/loglik.py)
 
 
 def prompt_template(module, decoding: Decoding) -> ChatTemplate:
