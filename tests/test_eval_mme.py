@@ -70,7 +70,8 @@ def mme_parquet(tmp_path):
 def test_lmms_lab_layout_scored_from_predictions(tmp_path, mme_parquet):
     preds = tmp_path / "preds.jsonl"  # rows share question_id per image: the row position is the id
     preds.write_text("".join(json.dumps({"id": n, "prediction": p}) + "\n" for n, (_, _, _, p) in enumerate(ROWS)))
-    main(["eval", "--tasks", "mme", "--predictions", str(preds), "--data", str(mme_parquet), "--out", str(tmp_path / "o")])
+    main(["eval", "--tasks", "mme", "--predictions", str(preds), "--data", str(mme_parquet),
+          "--out", str(tmp_path / "o")])
     results = json.loads((tmp_path / "o" / "results.json").read_text())["mme"]
     assert results["perception"] == 325 and results["cognition"] == 125 and results["total"] == 450
     assert results["accuracy"] == pytest.approx(8 / 10) and results["n"] == 10
@@ -93,3 +94,25 @@ def test_model_run_generate_and_loglik(tmp_path, mme_parquet):
             assert all(r["prediction"] == ("Yes" if r["resps"][0][0][0] >= r["resps"][0][0][1] else "No") for r in rows)
         expected = mme_scores({"category": r["category"], "image": r["pair"], "correct": r["score"]} for r in rows)
         assert results["mme"]["total"] == pytest.approx(expected["total"])
+
+
+def test_cli_mc_mode_and_its_errors(tmp_path, mme_parquet):
+    import yaml
+
+    from tests.tiny import experiment_config
+
+    world = tiny_world(tmp_path)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(experiment_config(world, tmp_path)))
+    main(["eval", "--config", str(config), "--tasks", "mme", "--data", str(mme_parquet), "--mc-mode", "loglik",
+          "--out", str(tmp_path / "o"), "--limit", "4"])
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["meta"]["decoding"]["mc_mode"] == "loglik" and results["mme"]["n"] == 4
+    rows = [json.loads(line) for line in open(tmp_path / "o" / "mme.jsonl")]
+    assert all(r["prediction"] in ("Yes", "No") and len(r["resps"][0][0]) == 2 for r in rows)
+    with pytest.raises(SystemExit):
+        main(["eval", "--config", str(config), "--tasks", "mme", "--data", str(mme_parquet), "--mc-mode", "ppl",
+              "--out", str(tmp_path / "o2")])
+    module = build_module(module_config(world))
+    with pytest.raises(ValueError, match="mc_mode 'ppl': choose from"):
+        evaluate_model(module, {"mme": mme_parquet}, tmp_path / "o3", Decoding(mc_mode="ppl"))

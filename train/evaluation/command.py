@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from train.evaluation.decoding import Decoding
+from train.evaluation.loglik import MC_MODES
 from data.templates import NAMED
 from train.evaluation.runner import check_prompt_suffixes, evaluate_model, make_task, score_prediction_file
 from train.evaluation.wandb_log import log_eval_to_wandb, wandb_settings
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text appended to each question of TASK (repeatable; \\n is a newline; empty TEXT: none). "
                         "Default: LLaVA-1.5's, vqa/pope: '\\nAnswer the question using a single word or phrase.', "
                         "caption: none")
-    p.add_argument("--mc-mode", choices=["generate", "loglik"], default="generate",
+    p.add_argument("--mc-mode", choices=list(MC_MODES), default="generate",
                    help="multiple-choice tasks: generate an answer and read the option from it (default), or pick "
                         "the option whose text has the highest summed log-probability after the prompt")
     return p

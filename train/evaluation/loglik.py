@@ -26,6 +26,11 @@ from train.evaluation.decoding import Decoding, cut_at_stop, generate_prediction
 MC_MODES = ("generate", "loglik")
 
 
+def check_mc_mode(mode: str) -> None:
+    if mode not in MC_MODES:
+        raise ValueError(f"mc_mode {mode!r}: choose from {list(MC_MODES)}")
+
+
 class OptionDataset(Dataset):
     """(prompt ids + continuation ids, labels on the continuation only) per (record, option)."""
 

@@ -25,7 +25,7 @@ from train.evaluation.contrastive import CONTRASTIVE_TASKS
 from train.evaluation.decoding import Decoding, cut_at_stop, generate_predictions, prompt_template
 from train.evaluation.fewshot import fewshot_turns, pooled_image_embeddings, select_demonstrations
 from train.evaluation.inputs import TaskData, read_task_data
-from train.evaluation.loglik import loglik_predictions
+from train.evaluation.loglik import check_mc_mode, loglik_predictions
 from train.evaluation.predictions import id_key, read_predictions
 from train.evaluation.provenance import content_sha256
 from train.evaluation.tasks import GENERATIVE_TASKS
@@ -203,6 +203,7 @@ def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Pat
     """Generate and score every task; writes results.json and the per-sample files."""
     decoding = decoding or Decoding()
     check_prompt_suffixes(decoding.prompt_suffix, task_files)
+    check_mc_mode(decoding.mc_mode)
     results: dict = {}
     rows_by_task: dict[str, list[dict]] = {}
     prompts: dict[str, dict] = {}

@@ -24,7 +24,7 @@ from train.evaluation.tasks import _require
 LETTER_ANSWER = "\nAnswer with the option's letter from the given choices directly."
 CIRCULAR_STRIDE = 1_000_000  # VLMEvalKit/MMBench: rotation k of question i has index i + k * 1e6
 
-# SEED-Bench's image dimensions (question_type_id 1-9, Li et al. 2023, Table 1)
+# SEED-Bench's image dimensions: question_type_id 1-9 of SEED-Bench.json's question_type table
 SEED_DIMENSIONS = {1: "scene_understanding", 2: "instance_identity", 3: "instance_attributes",
                    4: "instance_location", 5: "instances_counting", 6: "spatial_relation",
                    7: "instance_interaction", 8: "visual_reasoning", 9: "text_understanding"}
