@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "caption: none")
     p.add_argument("--mc-mode", choices=list(MC_MODES), default="generate",
                    help="multiple-choice tasks: generate an answer and read the option from it (default), or pick "
-                        "the option whose text has the highest summed log-probability after the prompt")
+                        "the option whose text (MMStar: letter) has the highest summed log-probability after the prompt")
     return p
 
 

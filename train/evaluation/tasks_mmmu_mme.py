@@ -15,7 +15,7 @@ from train.evaluation.mme_metric import mme_scores, parse_mme_answer
 from train.evaluation.mmmu_parsing import (DOMAINS, eval_open, mmmu_subject, parse_multi_choice_response,
                                            parse_open_response)
 from train.evaluation.tasks import SHORT_ANSWER, _require
-from train.evaluation.tasks_multiple_choice import grouped_means, letter_choices, mean, with_row_ids
+from train.evaluation.tasks_multiple_choice import LETTER_ANSWER, grouped_means, letter_choices, mean, with_row_ids
 
 MULTIPLE_CHOICE = "multiple-choice"
 
@@ -32,8 +32,8 @@ class MMMUTask:
     name: str = "mmmu"
     default_file: str = "mmmu_validation.parquet"
     prompt_template: str = "{question}\nA. {option}\n..."
-    prompt_suffix: str = "\n\nAnswer with the option's letter from the given choices directly."
-    open_suffix: str = "\n\nAnswer the question using a single word or phrase."
+    prompt_suffix: str = "\n" + LETTER_ANSWER  # a blank line before the instruction (`construct_prompt`)
+    open_suffix: str = "\n" + SHORT_ANSWER
     max_new_tokens: int = 32
     row_fields: tuple[str, ...] = ("question_type",)
 
