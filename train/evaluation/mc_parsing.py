@@ -50,7 +50,9 @@ def mmbench_choice(answer: str, options: dict[str, str]) -> str | None:
 
 def scienceqa_correct(prediction: str, target: str) -> bool:
     """lmms-eval's `sqa_process_results` (scienceqa/utils.py, "how llava parses it"): the prediction
-    is the letter, or starts with "<capital letter>." and that letter is the target."""
+    is the letter, or starts with "<capital letter>." and that letter is the target. (LLaVA's own
+    eval_science_qa.py changed over time: one version reads only "The answer is X." and guesses at
+    random otherwise; this deterministic rule is the one lmms-eval reports with.)"""
     if prediction == target:
         return True
     return len(prediction) >= 2 and prediction[0].isupper() and prediction[1] == "." and prediction[0] == target
