@@ -39,6 +39,22 @@ TASK_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     # tsunghanwu/mscoco_chair (lmms-eval's coco_cap_chair): `gt_object` lists the image's classes
     "chair": {"id": ("id", "question_id", "image_id"), "image": ("image",), "objects": ("objects", "gt_object"),
               "captions": ("captions", "answer"), "caption": ("caption",)},
+    # multiple choice (tasks_multiple_choice.py, tasks_mmmu_mme.py); lmms-lab/ScienceQA and MME rows
+    # get their position as id (MME's question_id names the image its two questions share)
+    "scienceqa_img": {"id": ("id",), "image": ("image",), "question": ("question",), "choices": ("choices",),
+                      "answer": ("answer",), "hint": ("hint",), "subject": ("subject",)},
+    "mmbench": {"id": ("id", "index"), "image": ("image",), "question": ("question",), "hint": ("hint",),
+                **{c: (c,) for c in "ABCDE"}, "answer": ("answer",), "category": ("category",),
+                "l2_category": ("l2_category", "L2-category")},
+    "seed_bench": {"id": ("id", "question_id"), "image": ("image",), "question": ("question",),
+                   **{f"choice_{c}": (f"choice_{c}",) for c in "abcd"}, "answer": ("answer",),
+                   "data_type": ("data_type",), "question_type_id": ("question_type_id",)},
+    "mmmu": {"id": ("id",), "image": ("image", "image_1"), "question": ("question",), "options": ("options",),
+             "answer": ("answer",), "question_type": ("question_type",)},
+    "mmstar": {"id": ("id", "index"), "image": ("image",), "question": ("question",), "answer": ("answer",),
+               "category": ("category",), "l2_category": ("l2_category",)},
+    "mme": {"id": ("id",), "pair": ("pair", "question_id"), "image": ("image",), "question": ("question",),
+            "answer": ("answer",), "category": ("category",)},
 }
 
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -50,6 +66,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "vqav2": ("id", "question"), "gqa": ("id", "question"), "textvqa": ("id", "question"),
     "vizwiz": ("id", "question"), "okvqa": ("id", "question"),
     "coco_caption": ("id", "image"), "nocaps": ("id", "image"), "flickr30k": ("id", "image"), "chair": ("id", "image"),
+    "scienceqa_img": ("question", "choices", "answer"),
+    "mmbench": ("id", "question", "A", "B"),  # no answer: the test split, predictions only
+    "seed_bench": ("id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer"),
+    "mmmu": ("id", "question", "question_type"),
+    "mmstar": ("id", "question", "answer"),
+    "mme": ("pair", "question", "answer", "category"),
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from train.evaluation.decoding import Decoding
+from train.evaluation.loglik import MC_MODES
 from data.templates import NAMED
 from train.evaluation.runner import check_prompt_suffixes, evaluate_model, make_task, score_prediction_file
 from train.evaluation.wandb_log import log_eval_to_wandb, wandb_settings
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "caption: none")
     p.add_argument("--chair-synonyms", metavar="FILE",
                    help='chair: JSON synonym table {"class": ["synonym", ...]} (default: the Shapes world\'s)')
+    p.add_argument("--mc-mode", choices=list(MC_MODES), default="generate",
+                   help="multiple-choice tasks: generate an answer and read the option from it (default), or pick "
+                        "the option whose text (MMStar: letter) has the highest summed log-probability after the prompt")
     return p
 
 
@@ -138,7 +142,7 @@ def eval_main(argv: list[str]) -> dict:
         decoding = Decoding(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                             stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size,
                             shots=args.shots, demos=args.demos, support=args.support, template=args.template,
-                            prompt_suffix=suffixes)
+                            prompt_suffix=suffixes, mc_mode=args.mc_mode)
         results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt, options)
     settings = wandb_settings(config)
     if settings is not None:

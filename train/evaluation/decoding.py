@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -34,6 +35,7 @@ class Decoding:
     seed: int = 0
     template: TemplateName | None = None  # a named template instead of the checkpoint's own
     prompt_suffix: dict[str, str] = field(default_factory=dict)  # task -> suffix; others keep the task's default
+    mc_mode: Literal["generate", "loglik"] = "generate"  # multiple choice: answer parsing, or loglik.py
 
 
 def prompt_template(module, decoding: Decoding) -> ChatTemplate:

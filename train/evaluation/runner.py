@@ -25,15 +25,18 @@ from train.evaluation.contrastive import CONTRASTIVE_TASKS
 from train.evaluation.decoding import Decoding, cut_at_stop, generate_predictions, prompt_template
 from train.evaluation.fewshot import fewshot_turns, pooled_image_embeddings, select_demonstrations
 from train.evaluation.inputs import TaskData, read_task_data
+from train.evaluation.loglik import check_mc_mode, loglik_predictions
 from train.evaluation.predictions import id_key, read_predictions
 from train.evaluation.provenance import content_sha256
 from train.evaluation.tasks import GENERATIVE_TASKS
 from train.evaluation.tasks_captions import CAPTION_TASKS
 from train.evaluation.tasks_chair import CHAIR_TASKS
+from train.evaluation.tasks_mmmu_mme import MMMU_MME_TASKS
+from train.evaluation.tasks_multiple_choice import MULTIPLE_CHOICE_TASKS
 from train.evaluation.tasks_vqa_family import VQA_FAMILY_TASKS
 
 TASKS = {**GENERATIVE_TASKS, **CONTRASTIVE_TASKS}
-TASKS.update({**VQA_FAMILY_TASKS, **CAPTION_TASKS, **CHAIR_TASKS})
+TASKS.update({**VQA_FAMILY_TASKS, **CAPTION_TASKS, **CHAIR_TASKS, **MULTIPLE_CHOICE_TASKS, **MMMU_MME_TASKS})
 
 log = logging.getLogger(__name__)
 EXTRA_FIELDS = ("type", "split", "object")
@@ -93,9 +96,13 @@ def _run_task(module, task, records: list[dict], root: Path, decoding: Decoding,
     gen_records, gen_prompts, demo_ids = records, prompts, None
     if decoding.shots > 0:
         gen_records, gen_prompts, demo_ids = with_demonstrations(module, task, records, root, decoding, image_dir)
-    raw = generate_predictions(module, gen_records, root, gen_prompts, decoding,
-                               decoding.max_new_tokens or task.max_new_tokens)
-    preds = [None if r is None else cut_at_stop(r, decoding.stop) for r in raw]
+    if decoding.mc_mode == "loglik":  # multiple choice by option log-likelihood; other tasks generate
+        preds, raw = loglik_predictions(module, task, gen_records, root, gen_prompts, decoding,
+                                        decoding.max_new_tokens or task.max_new_tokens)
+    else:
+        raw = generate_predictions(module, gen_records, root, gen_prompts, decoding,
+                                   decoding.max_new_tokens or task.max_new_tokens)
+        preds = [None if r is None else cut_at_stop(r, decoding.stop) for r in raw]
     metrics, rows = score_records(task, records, preds, prompts, raw)
     if demo_ids is not None:
         for row, ids in zip(rows, demo_ids):
@@ -136,6 +143,8 @@ def with_demonstrations(module, task, records: list[dict], root: Path, decoding:
 def load_task_data(task, path: str | Path, limit: int | None = None, image_dir: Path | None = None) -> TaskData:
     """A task's records from any layout `read_task_data` reads, checked by the task; ids unique as `id_key`s."""
     data = read_task_data(path, task.name, limit, image_dir)
+    if hasattr(task, "prepare"):  # multiple choice: MMBench's rotations, SEED's image subset, row ids
+        data.records = task.prepare(data.records)
     if not data.records:
         raise ValueError(f"{path}: no records for the {task.name!r} task")
     task.check(data.records, str(path))
@@ -163,7 +172,7 @@ def score_records(task, records: list[dict], predictions: list[str | None], prom
         refs = task.references(rec)
         target = None if unscored else refs if (len(refs) > 1 or task.name == "caption") else refs[0]
         row = {"id": rec["id"], "image": rec.get("image"), "prompt": prompt, "prediction": pred, "reference": target}
-        row.update({k: rec[k] for k in EXTRA_FIELDS if k in rec})
+        row.update({k: rec[k] for k in EXTRA_FIELDS + getattr(task, "row_fields", ()) if k in rec})
         row.update({"doc_id": doc_id, "target": target, "resps": [[resp]], "filtered_resps": [pred]})
         if pred is None:
             skipped += 1
@@ -200,6 +209,7 @@ def evaluate_model(module, task_files: dict[str, str | Path], out_dir: str | Pat
     task_options = task_options or {}
     decoding = decoding or Decoding()
     check_prompt_suffixes(decoding.prompt_suffix, task_files)
+    check_mc_mode(decoding.mc_mode)
     results: dict = {}
     rows_by_task: dict[str, list[dict]] = {}
     prompts: dict[str, dict] = {}
