@@ -15,7 +15,8 @@ from train.evaluation.mme_metric import mme_scores, parse_mme_answer
 from train.evaluation.mmmu_parsing import (DOMAINS, eval_open, mmmu_subject, parse_multi_choice_response,
                                            parse_open_response)
 from train.evaluation.tasks import SHORT_ANSWER, _require
-from train.evaluation.tasks_multiple_choice import LETTER_ANSWER, grouped_means, letter_choices, mean, with_row_ids
+from train.evaluation.tasks_multiple_choice import (LETTER_ANSWER, grouped_means, letter_choices, mean, with_row_ids,
+                                                    yes_no_stripped)
 
 MULTIPLE_CHOICE = "multiple-choice"
 
@@ -112,10 +113,7 @@ class MMETask:
                 raise ValueError(f"{source}: MME answer {rec['answer']!r} (id {rec['id']!r}) is not Yes/No")
 
     def prompt(self, rec: dict) -> str:
-        question = rec["question"].strip()
-        if self.prompt_suffix:
-            question = question.replace(" Please answer yes or no.", "")
-        return question + self.prompt_suffix
+        return yes_no_stripped(rec["question"], self.prompt_suffix)
 
     def references(self, rec: dict) -> list[str]:
         return [str(rec["answer"])]

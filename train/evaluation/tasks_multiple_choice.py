@@ -48,6 +48,15 @@ def with_row_ids(records: list[dict]) -> list[dict]:
     return [rec if "id" in rec else {**rec, "id": n} for n, rec in enumerate(records)]
 
 
+def yes_no_stripped(question: str, suffix: str) -> str:
+    """lmms-eval's MME / MMStar prompt: the question's own " Please answer yes or no." gives way to
+    the task's suffix when there is one."""
+    question = question.strip()
+    if suffix:
+        question = question.replace(" Please answer yes or no.", "")
+    return question + suffix
+
+
 def letter_choices(letters: str, texts: list[str]) -> list[tuple[str, str]]:
     return list(zip(letters, (str(t) for t in texts)))
 
@@ -250,10 +259,7 @@ class MMStarTask:
         _require(records, {"id", "question", "answer"}, self.name, source)
 
     def prompt(self, rec: dict) -> str:
-        question = rec["question"].strip()
-        if self.prompt_suffix:
-            question = question.replace(" Please answer yes or no.", "")
-        return question + self.prompt_suffix
+        return yes_no_stripped(rec["question"], self.prompt_suffix)
 
     def references(self, rec: dict) -> list[str]:
         return [str(rec["answer"])]
