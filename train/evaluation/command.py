@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "existing predictions; writes OUT/results.json and OUT/<task>.jsonl.")
     p.add_argument("--config", help="experiment YAML: default data files (beside data.val_qa) and logger")
     p.add_argument("--ckpt", help="checkpoint from `chimera fit` or a release directory (without it: the config's untrained model)")
+    p.add_argument("--hf-llava", metavar="DIR", help="a transformers LlavaForConditionalGeneration directory, "
+                   "evaluated with its own chat_template and image processor settings (instead of --ckpt)")
     p.add_argument("--tasks", required=True, help="comma-separated: vqa,caption,pope")
     p.add_argument("--data", action="append", default=[],
                    help="FILE (one task) or TASK=FILE; repeatable. FILE: our .jsonl, a .parquet or .arrow file, or a "
@@ -99,6 +101,12 @@ def resolve_task_files(tasks: list[str], data_args: list[str], val_qa: str | Non
 def _load_module(args, config: dict):
     from train.checkpoint import build_module, load_module
 
+    if args.ckpt and args.hf_llava:
+        raise ValueError("give --ckpt or --hf-llava, not both")
+    if args.hf_llava:
+        from train.evaluation.hf_llava_model import load_hf_llava
+
+        return load_hf_llava(args.hf_llava)
     if args.ckpt:
         return load_module(args.ckpt)
     if not config.get("model"):
@@ -128,7 +136,7 @@ def eval_main(argv: list[str]) -> dict:
                             stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size,
                             shots=args.shots, demos=args.demos, support=args.support, template=args.template,
                             prompt_suffix=suffixes)
-        results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt)
+        results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt or args.hf_llava)
     settings = wandb_settings(config)
     if settings is not None:
         log_eval_to_wandb(results, rows, files, settings)
