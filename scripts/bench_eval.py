@@ -25,16 +25,16 @@ import yaml
 def _sort_of_clevr(root: Path, samples: int) -> Path:
     from data.sort_of_clevr import write_sort_of_clevr
 
-    out = root / "soc"
+    out = root / f"soc_{samples}"  # one world per size: a smaller one written first is never reused
     if not (out / "meta.json").exists():
-        write_sort_of_clevr(out, train_images=8, val_images=max(1, samples // 20 + 1), seed=0)
+        write_sort_of_clevr(out, train_images=8, val_images=samples // 10 + 1, seed=0)  # 10 questions each
     return out
 
 
 def _shapes(root: Path, samples: int) -> Path:
     from data.shapes import write_shapes
 
-    out = root / "shapes"
+    out = root / f"shapes_{samples}"
     if not (out / "val_captions.jsonl").exists():
         write_shapes(out, train_images=8, val_images=samples, seed=0)
     return out

@@ -73,6 +73,7 @@ def test_predictions_identical_at_batch_size_1_and_n(setup, task, tmp_path):
         if (1, beams, True) not in runs:
             continue
         metrics, rows = runs[1, beams, True]
+        assert len(rows) == SAMPLES
         assert [r["id"] for r in rows] == [r["id"] for r in data.records]  # the data's order, not the batches'
         preds = [r["prediction"] for r in rows]
         assert len(set(preds)) >= 3, preds

@@ -2,6 +2,7 @@
 with save_pretrained) predicts what transformers' own processor + greedy `generate` predict."""
 
 import json
+import shutil
 
 import numpy as np
 import PIL.Image
@@ -112,6 +113,13 @@ def test_hf_llava_errors_name_the_cause(hf_dir, vqa_file, tmp_path):
               "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="not a transformers LLaVA directory"):
         main(["eval", "--hf-llava", str(tmp_path), "--tasks", "vqa", "--data", str(vqa_file), "--out", str(tmp_path)])
+    other = tmp_path / "other"
+    shutil.copytree(hf_dir, other)
+    config = json.loads((other / "processor_config.json").read_text())
+    config["image_processor"]["crop_size"] = {"height": 32, "width": 32}  # not the tower's 28px
+    (other / "processor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="outputs 32px .* the vision tower takes 28px"):
+        main(["eval", "--hf-llava", str(other), "--tasks", "vqa", "--data", str(vqa_file), "--out", str(tmp_path)])
 
 
 def test_a_parts_reading_chat_template_gets_the_text_in_prompts_and_training(hf_dir):
