@@ -32,13 +32,13 @@ class Decoding:
     num_beams: int = 1
     stop: list[str] = field(default_factory=lambda: ["\n"])
     batch_size: int = 16
+    sort_by_length: bool = True  # batches of similar prompt lengths, longest first (outputs keep the data's order)
     shots: int = 0  # k-shot prompting: demonstrations before each query
     demos: str = "rices"  # "rices" or "random"
     support: str | None = None  # demonstration pool (same format as the task's data); None: the eval set
     seed: int = 0
     template: TemplateName | None = None  # a named template instead of the checkpoint's own
     prompt_suffix: dict[str, str] = field(default_factory=dict)  # task -> suffix; others keep the task's default
-    sort_by_length: bool = True  # batches of similar prompt lengths, longest first (outputs keep the data's order)
 
 
 def prompt_template(module, decoding: Decoding) -> ChatTemplate:
