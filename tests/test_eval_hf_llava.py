@@ -118,7 +118,7 @@ def test_hf_llava_errors_name_the_cause(hf_dir, vqa_file, tmp_path):
     config = json.loads((other / "processor_config.json").read_text())
     config["image_processor"]["crop_size"] = {"height": 32, "width": 32}  # not the tower's 28px
     (other / "processor_config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="outputs 32px .* the vision tower takes 28px"):
+    with pytest.raises(ValueError, match="crop {'height': 32, 'width': 32}\\) does not make the vision tower's 28px square"):
         main(["eval", "--hf-llava", str(other), "--tasks", "vqa", "--data", str(vqa_file), "--out", str(tmp_path)])
 
 

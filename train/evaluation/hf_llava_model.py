@@ -18,33 +18,32 @@ from pathlib import Path
 
 from data.template_jinja import template_for_chat_template
 from data.templates import ChatTemplate
+from models.hf_image_processor import image_mode_of
 from models.hf_llava_inputs import chat_template_of, image_processor_config
 
 
-def processor_output_size(config: dict) -> int | None:
-    """The square side the saved image processor outputs (None: not a square it states)."""
-    box = config.get("crop_size") if config.get("do_center_crop") else config.get("size")
+def _side(box) -> int | None:
     if isinstance(box, int):
         return box
     box = box or {}
-    if "height" in box and box.get("height") == box.get("width"):
-        return int(box["height"])
-    return box.get("shortest_edge") if not config.get("do_center_crop") else None
+    return int(box["height"]) if box.get("height") is not None and box.get("height") == box.get("width") else None
 
 
 def check_image_processor(src: Path, image_size: int) -> None:
-    """Our transform resizes to the tower's side: the processor must output that side, and (centre
-    crop) resize the shortest edge to it, or the pixels would not be the processor's."""
+    """Our transform makes the tower's square side: the processor must output that side (centre crop: its
+    crop, after a shortest-edge resize to the same side), or the pixels would not be the processor's."""
     config = image_processor_config(src)
     if not config:
         return
-    side = processor_output_size(config)
-    size = config.get("size")
-    edge = size if isinstance(size, int) else (size or {}).get("shortest_edge")
-    if side != image_size or (config.get("do_center_crop") and edge not in (None, image_size)):
-        raise ValueError(f"{src}: the image processor outputs {side}px (size {size}, crop {config.get('crop_size')}) "
-                         f"but the vision tower takes {image_size}px; only a processor that resizes to the tower's "
-                         "side is supported")
+    size, crop = config.get("size"), config.get("crop_size")
+    if image_mode_of(config) == "crop":  # a shortest-edge resize, then the centre square
+        edge = size if isinstance(size, int) else size["shortest_edge"]
+        fits = edge == _side(crop) == image_size
+    else:
+        fits = _side(size) == image_size
+    if not fits:
+        raise ValueError(f"{src}: the image processor (size {size}, crop {crop}) does not make the vision tower's "
+                         f"{image_size}px square; only one that does is supported")
 
 
 def load_hf_llava(src: str | Path):
