@@ -138,3 +138,36 @@ def test_a_parts_reading_chat_template_gets_the_text_in_prompts_and_training(hf_
     ids, labels = tokenize_conversation(turns, tok, template)
     assert ids == tok("USER: <image>\nWhat is the shape? ASSISTANT: A circle. ")["input_ids"]
     assert tok.decode([i for i in labels if i != IGNORE_INDEX]).strip() == "A circle."
+
+
+@pytest.mark.parametrize("image_mode", ["pad", "crop"])
+def test_an_exported_checkpoint_predicts_the_same_through_hf_llava(vqa_file, tmp_path, image_mode):
+    """`chimera export --format hf-llava` then `chimera eval --hf-llava`: the checkpoint's own predictions
+    (its vicuna_v1 template comes back as the export's Jinja chat_template, its image mode as the processor)."""
+    from data.tokenizer import train_tokenizer
+    from tests.tiny import LM_CONFIG
+    from train.checkpoint import build_module
+
+    train_tokenizer(QUESTIONS + ["Answer the question using a single word or phrase."], tmp_path / "tok",
+                    vocab_size=300)
+    clip = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": 28, "patch_size": 7, "projection_dim": 16}
+    config = {"class_path": "train.module.VLMModule", "init_args": {"template": {"name": "vicuna_v1"}, "model": {
+        "class_path": "models.llava.LLaVA", "init_args": {
+            "vision": {"class_path": "models.vision.HFVision",
+                       "init_args": {"config": clip, "select_layer": -2, "image_mode": image_mode}},
+            "language": {"class_path": "models.language.LanguageModel",
+                         "init_args": {"config": {**LM_CONFIG, "initializer_range": 0.4},
+                                       "tokenizer": str(tmp_path / "tok")}},
+            "connector": {"class_path": "models.connectors.MLPConnector", "init_args": {"depth": 2}}}}}}
+    torch.manual_seed(0)
+    module = build_module(config)
+    torch.save({"state_dict": module.state_dict(), "chimera_config": config}, tmp_path / "tiny.ckpt")
+    main(["export", "--ckpt", str(tmp_path / "tiny.ckpt"), "--format", "hf-llava", "--out", str(tmp_path / "hf")])
+    preds = {}
+    for name, source in (("ckpt", ["--ckpt", str(tmp_path / "tiny.ckpt")]), ("hf", ["--hf-llava", str(tmp_path / "hf")])):
+        main(["eval", *source, "--tasks", "vqa", "--data", str(vqa_file), "--out", str(tmp_path / name),
+              "--batch-size", "2", "--max-new-tokens", "5", "--stop", "@@"])
+        preds[name] = [json.loads(line)["prediction"] for line in (tmp_path / name / "vqa.jsonl").read_text().splitlines()]
+    assert len(set(preds["ckpt"])) >= 3, preds
+    assert preds["hf"] == preds["ckpt"]
