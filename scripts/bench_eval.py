@@ -98,6 +98,7 @@ def main() -> None:
           f"({n_params / 1e6:.2f} M parameters), {args.threads} threads, {args.samples} samples per task")
     print(f"{'task':<10} {'new tokens':>10} " + " ".join(f"{f'samples/s@{b}':>14}" for b in sizes))
     stop = ["\n"] if args.ckpt else []  # random weights: every sample decodes max_new_tokens
+    samples_per_second(module, tasks[0], TASK_DATA[tasks[0]](tmp, args.samples), tmp / "warmup", 2, 4, 2, stop)
     for task in tasks:
         path = TASK_DATA[task](tmp, args.samples)
         max_new = args.max_new_tokens or make_task(task).max_new_tokens
