@@ -95,7 +95,8 @@ class ChatTemplate:
 
     @property
     def renders_bos(self) -> bool:
-        """Whether the rendered text carries its own BOS (a tokenizer's chat_template does)."""
+        """Whether the rendered text may carry its own BOS (a tokenizer's chat_template may write it;
+        `data.tokenize.adds_bos_before` decides)."""
         return self.style == "chat_template"
 
     def segments(self, conversations: list[dict], add_generation_prompt: bool = False,

@@ -59,7 +59,7 @@ def tokenize_segments(
     add_bos: bool = True, image_tokens: int = 1,
 ) -> tuple[list[int], list[int]]:
     """[BOS] + ids of the joined text; labels copy the ids of tokens inside target segments and are
-    IGNORE_INDEX elsewhere. `add_bos` False when the text carries its own (a chat_template's).
+    IGNORE_INDEX elsewhere. `add_bos`: `adds_bos_before` (False when a chat_template wrote it).
 
     Truncation keeps the head and never cuts an image (Unfit).
     """
@@ -83,6 +83,19 @@ def tokenize_segments(
     return ids, labels
 
 
+def adds_bos_before(segments: list[Segment], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> bool:
+    """Whether BOS goes before the rendered text. Our templates never write it: always. A tokenizer's
+    chat_template: as transformers' processors tokenize its text (`processor(text=...)`, what
+    `apply_chat_template(tokenize=True)` of a LLaVA processor does): the tokenizer's own special
+    tokens unless the text already starts with BOS, so only a tokenizer that adds BOS itself gets one."""
+    if not template.renders_bos:
+        return True
+    from data.template_jinja import adds_bos
+
+    text = "".join(s.text for s in segments)
+    return adds_bos(tokenizer) and not (tokenizer.bos_token and text.startswith(tokenizer.bos_token))
+
+
 def tokenize_conversation(
     conversations: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
     max_length: int | None = None, image_tokens: int = 1,
@@ -90,7 +103,8 @@ def tokenize_conversation(
     """Training ids and labels; raises Unfit when no target token is left (an all-masked sample
     would make the loss NaN) or an image would be cut."""
     segments = template.segments(conversations, tokenizer=tokenizer)
-    ids, labels = tokenize_segments(segments, tokenizer, max_length, not template.renders_bos, image_tokens)
+    ids, labels = tokenize_segments(segments, tokenizer, max_length, adds_bos_before(segments, tokenizer, template),
+                                    image_tokens)
     if all(lab == IGNORE_INDEX for lab in labels):
         raise Unfit(f"no target token left (max_length {max_length}, {len(ids)} tokens)")
     return ids, labels
@@ -100,11 +114,11 @@ def tokenize_prompt(question: str, tokenizer: PreTrainedTokenizerBase, template:
                     image: bool = True) -> list[int]:
     """Generation prompt ids for a single-turn question: the conversation's ids up to the answer."""
     segments = template.prompt_text(question, image=image, tokenizer=tokenizer)
-    return tokenize_segments(segments, tokenizer, add_bos=not template.renders_bos)[0]
+    return tokenize_segments(segments, tokenizer, add_bos=adds_bos_before(segments, tokenizer, template))[0]
 
 
 def tokenize_generation_prompt(conversations: list[dict], tokenizer: PreTrainedTokenizerBase,
                                template: ChatTemplate) -> list[int]:
     """Ids for a conversation ending with a human turn (few-shot prompts), up to the next answer."""
     segments = template.segments(conversations, add_generation_prompt=True, tokenizer=tokenizer)
-    return tokenize_segments(segments, tokenizer, add_bos=not template.renders_bos)[0]
+    return tokenize_segments(segments, tokenizer, add_bos=adds_bos_before(segments, tokenizer, template))[0]

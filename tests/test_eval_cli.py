@@ -1,5 +1,5 @@
-"""`chimera eval`: results and per-sample files, batch-size invariance, scoring existing predictions,
-official-format converters, W&B logging and clear errors."""
+"""`chimera eval`: results and per-sample files, scoring existing predictions, official-format converters,
+W&B logging and clear errors (batch-size invariance: tests/test_eval_batching.py)."""
 
 import hashlib
 import json
@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from data.shapes import write_shapes
-from tests.tiny import experiment_config, module_config, tiny_world
-from train.checkpoint import build_module, load_module
+from tests.tiny import experiment_config, tiny_world
+from train.checkpoint import load_module
 from train.cli import main
 from train.evaluation.decoding import Decoding, cut_at_stop
 from train.evaluation.runner import evaluate_model
@@ -54,27 +54,6 @@ def test_eval_writes_results_and_per_sample_records(trained, tmp_path, capsys):
     assert results["vqa"]["accuracy_shape"] == pytest.approx(sum(shape) / len(shape))
     assert results["vqa"]["n"] == len(data) and results["vqa"]["skipped"] == 0
     assert "accuracy_non_relational" in capsys.readouterr().out
-
-
-def test_predictions_identical_at_batch_size_1_and_8(trained, tmp_path):
-    """Left padding, masks and positions must not leak between samples. A random LM with large
-    weights answers every prompt differently, so equal outputs are not equal by accident."""
-    world = trained[0]
-    cfg = module_config(world)
-    # 0.4: 12-13 of the 16 answers differ with the world tokenizer (0.2 gave 6 once it learnt " square")
-    cfg["init_args"]["model"]["init_args"]["language"]["init_args"]["config"]["initializer_range"] = 0.4
-    module = build_module(cfg).eval()
-    files = {"vqa": world / "val_qa.jsonl"}
-    for beams in (1, 3):
-        run = {}
-        for bs in (1, 8):
-            # no shared suffix: prompts that end differently are what makes the answers differ
-            decoding = Decoding(batch_size=bs, num_beams=beams, stop=[], max_new_tokens=5, prompt_suffix={"vqa": ""})
-            run[bs] = evaluate_model(module, files, tmp_path / f"b{bs}_{beams}", decoding)
-        preds = [r["prediction"] for r in run[1][1]["vqa"]]
-        assert len(set(preds)) >= 8
-        assert preds == [r["prediction"] for r in run[8][1]["vqa"]]
-        assert run[1][0]["vqa"] == run[8][0]["vqa"]
 
 
 def test_score_existing_predictions_without_a_model(trained, tmp_path):

@@ -19,8 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "existing predictions; writes OUT/results.json and OUT/<task>.jsonl.")
     p.add_argument("--config", help="experiment YAML: default data files (beside data.val_qa) and logger")
     p.add_argument("--ckpt", help="checkpoint from `chimera fit` or a release directory (without it: the config's untrained model)")
-    p.add_argument("--tasks", required=True, help="comma-separated: vqa,caption,pope, vqav2,gqa,textvqa,vizwiz,okvqa, "
-                   "coco_caption,nocaps,flickr30k, chair, ...")
+    p.add_argument("--hf-llava", metavar="DIR", help="a transformers LlavaForConditionalGeneration directory, "
+                   "evaluated with its own chat_template and image processor settings (instead of --ckpt)")
+    p.add_argument("--tasks", required=True, help="comma-separated, e.g. vqa,caption,pope, vqav2,gqa,textvqa,vizwiz,"
+                   "okvqa, coco_caption,nocaps,flickr30k, chair, mme,scienceqa_img,mmbench,seed_bench,mmmu,mmstar, "
+                   "retrieval,zeroshot")
     p.add_argument("--data", action="append", default=[],
                    help="FILE (one task) or TASK=FILE; repeatable. FILE: our .jsonl, a .parquet or .arrow file, or a "
                         "`datasets` save_to_disk folder (lmms-lab column names). Default: the task's file beside "
@@ -113,6 +116,12 @@ def resolve_task_files(tasks: list[str], data_args: list[str], val_qa: str | Non
 def _load_module(args, config: dict):
     from train.checkpoint import build_module, load_module
 
+    if args.ckpt and args.hf_llava:
+        raise ValueError("give --ckpt or --hf-llava, not both")
+    if args.hf_llava:
+        from train.evaluation.hf_llava_model import load_hf_llava
+
+        return load_hf_llava(args.hf_llava)
     if args.ckpt:
         return load_module(args.ckpt)
     if not config.get("model"):
@@ -143,7 +152,8 @@ def eval_main(argv: list[str]) -> dict:
                             stop=args.stop if args.stop is not None else ["\n"], batch_size=args.batch_size,
                             shots=args.shots, demos=args.demos, support=args.support, template=args.template,
                             prompt_suffix=suffixes, mc_mode=args.mc_mode)
-        results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt, options)
+        results, rows = evaluate_model(module, files, args.out, decoding, args.limit, args.ckpt or args.hf_llava,
+                                       options)
     settings = wandb_settings(config)
     if settings is not None:
         log_eval_to_wandb(results, rows, files, settings)

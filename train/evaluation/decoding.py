@@ -1,7 +1,10 @@
 """Batched decoding for evaluation: left-padded prompts, KV cache, greedy or beam, stop strings.
 
-Order is preserved and every sample's prediction depends only on its own prompt, so
-scores do not change with the batch size (a test checks batch 1 against batch 8).
+Batches are formed from prompts sorted by token length, longest first (as lmms-eval's collator
+does): a batch pads to nearly its own length, and the largest batch runs first, so one that does
+not fit fails at once. Predictions go back to the records' order, and every sample's prediction
+depends only on its own prompt, so scores do not change with the batch size or the sorting
+(tests/test_eval_batching.py checks batch 1 against batch N on every generative task).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch.utils.data import DataLoader
 from data.collate import Collator
 from data.conversation_dataset import PromptDataset
 from data.templates import ChatTemplate, TemplateName
+from data.tokenize import tokenize_generation_prompt, tokenize_prompt
 from train.data_module import image_placeholders
 
 
@@ -29,6 +33,7 @@ class Decoding:
     num_beams: int = 1
     stop: list[str] = field(default_factory=lambda: ["\n"])
     batch_size: int = 16
+    sort_by_length: bool = True  # batches of similar prompt lengths, longest first (outputs keep the data's order)
     shots: int = 0  # k-shot prompting: demonstrations before each query
     demos: str = "rices"  # "rices" or "random"
     support: str | None = None  # demonstration pool (same format as the task's data); None: the eval set
@@ -53,6 +58,26 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
+def prompt_lengths(dataset: PromptDataset, placeholders=None) -> list[int]:
+    """Each prompt's length in LM positions as the collator will build it (an `<image>` counts as its
+    placeholders' width), tokenized as `PromptDataset` does, without loading any image."""
+    tok, template = dataset.tokenizer, dataset.template
+    lengths = []
+    for rec, prompt in zip(dataset.records, dataset.prompts):
+        if isinstance(prompt, list):
+            ids = tokenize_generation_prompt(prompt, tok, template)
+        else:
+            ids = tokenize_prompt(prompt, tok, template, image=rec.get("image") is not None)
+        extra = 0 if placeholders is None else (placeholders.width - 1) * ids.count(placeholders.token_id)
+        lengths.append(len(ids) + extra)
+    return lengths
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices by descending length; equal lengths keep the data's order (deterministic)."""
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
 @torch.no_grad()
 def generate_predictions(module, records: list[dict], root: str | Path, prompts: list[str | list[dict]],
                          decoding: Decoding, max_new_tokens: int, num_workers: int = 0) -> list[str | None]:
@@ -63,8 +88,10 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
     tok = model.tokenizer
     dataset = PromptDataset(records, root, prompts, tok, prompt_template(module, decoding),
                             model.vision.transform(train=False))
-    loader = DataLoader(dataset, batch_size=decoding.batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=Collator(tok.pad_token_id, left_pad=True, placeholders=image_placeholders(model)))
+    placeholders = image_placeholders(model)
+    order = length_order(prompt_lengths(dataset, placeholders)) if decoding.sort_by_length else None
+    loader = DataLoader(dataset, batch_size=decoding.batch_size, sampler=order, num_workers=num_workers,
+                        collate_fn=Collator(tok.pad_token_id, left_pad=True, placeholders=placeholders))
     predictions: list[str | None] = [None] * len(records)
     device = next(model.parameters()).device
     was_training = module.training
@@ -76,7 +103,8 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
             pixels = batch["pixel_values"].to(device) if batch["pixel_values"] is not None else None
             stop_kwargs = {"stop_strings": list(decoding.stop), "tokenizer": tok} if decoding.stop else {}
             out = model.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
-                                 max_new_tokens=max_new_tokens, num_beams=decoding.num_beams, **stop_kwargs)
+                                 max_new_tokens=max_new_tokens, num_beams=decoding.num_beams, use_cache=True,
+                                 **stop_kwargs)
             texts = tok.batch_decode(out, skip_special_tokens=True)
             for meta, text in zip(batch["meta"], texts):
                 predictions[meta["index"]] = text
