@@ -96,7 +96,11 @@ class LLaVA(nn.Module):
             return features.flatten(0, 1)
         if image_sizes is None:
             raise ValueError("an any-resolution LLaVA needs each image's (height, width) (image_sizes)")
-        views = features.split([self.anyres.num_views(s) for s in image_sizes])
+        counts = [self.anyres.num_views(s) for s in image_sizes]
+        if sum(counts) != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} image views for images of sizes {image_sizes}, which take "
+                             f"{counts} views (base + tiles): transform images with this model's image_transform")
+        views = features.split(counts)
         return torch.cat([self.anyres.pack(v, s, self.image_newline.weight) for v, s in zip(views, image_sizes)])
 
     def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_positions: Tensor | None = None,
@@ -110,15 +114,15 @@ class LLaVA(nn.Module):
         text = self.language.embed(input_ids)
         if image_positions is None:
             image_positions = self.image_placeholders.positions(input_ids)
-        if pixel_values is None:
-            expected = 0
-        elif self.anyres is None:
-            expected = pixel_values.shape[0] * self.num_image_tokens
-        else:
-            expected = sum(self.image_token_count(s) for s in image_sizes or [None])
+        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        expected, of = n_images * self.num_image_tokens, f"{self.num_image_tokens} tokens"
+        if self.anyres is not None and pixel_values is not None:
+            sizes = image_sizes or [None]
+            n_images, expected = len(sizes), sum(self.image_token_count(s) for s in sizes)
+            of = f"{[self.image_token_count(s) for s in sizes]} tokens (any-resolution)"
         if image_positions.shape[0] != expected:
-            raise ValueError(f"the batch has {image_positions.shape[0]} <image> placeholders for {expected} image "
-                             f"tokens: collate with this model's image_placeholders")
+            raise ValueError(f"the batch has {image_positions.shape[0]} <image> placeholders for {n_images} images of "
+                             f"{of}: collate with this model's image_placeholders")
         if pixel_values is None:
             return text
         images = self.image_embeddings(pixel_values, image_sizes).to(text.dtype)
