@@ -175,6 +175,24 @@ def test_dataset_widths_equal_what_the_model_writes(model, tmp_path):
     assert torch.isfinite(loss)
 
 
+def test_anyres_training_step_waits_for_the_device_nowhere(model, tmp_path):
+    """Sizes and widths are host ints from the collator: stitching, unpadding, the cap and the
+    splice read no tensor value (`train.host_syncs`)."""
+    from train.host_syncs import HostSyncCounter
+
+    capped = LLaVA(model.vision, model.language, MLPConnector, image_grid_pinpoints=PINPOINTS, anyres_max_tiles=1)
+    path = _write_data(tmp_path, [(30, 50), (56, 20), (50, 50)])
+    data = ConversationDataset(path, capped.tokenizer, ChatTemplate(), capped.image_transform())
+    batch = PackingCollator(capped.tokenizer.pad_token_id, capped.image_placeholders, 512)([data[i] for i in range(3)])
+    assert [capped.image_token_count(s) for s in [(50, 50)]] == [16 + 4 * 5]  # capped from 8 x 8
+    with HostSyncCounter() as syncs:
+        _, loss = capped(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels",
+                                                  "segment_ids", "image_positions", "image_sizes")})
+        loss.backward()
+    assert syncs.total == 0, dict(syncs.by_op)
+    assert capped.image_newline.weight.grad.abs().sum() > 0
+
+
 def test_dataset_drops_a_sample_whose_image_would_be_cut(model, tmp_path):
     path = _write_data(tmp_path, [(30, 50)])
     data = ConversationDataset(path, model.tokenizer, ChatTemplate(), model.image_transform(), max_length=40)
