@@ -103,6 +103,32 @@ def test_max_tiles_cap_downsamples_bilinearly():
     assert capped_grid(8, 8, 3, 4) == (6, 6)  # ratio sqrt(64/48) = 1.155 -> 8 // 1.155 = 6
 
 
+@pytest.mark.parametrize("size", [(30, 50), (50, 30), (56, 20), (28, 28), (100, 37), (9, 200)])
+@pytest.mark.parametrize("max_tiles", [None, 1, 2])
+def test_pack_equals_transformers_llava_next_and_onevision(size, max_tiles):
+    """Our stitching, unpadding, cap and newlines against transformers' own `pack_image_features`
+    (LlavaNext without a cap, LlavaOnevision with `anyres_max_N`), on random features."""
+    from types import SimpleNamespace
+
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextModel
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    layout = AnyResLayout(28, 4, tuple(PINPOINTS), max_tiles)
+    reference = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=28, patch_size=7),
+                                                       image_grid_pinpoints=[list(p) for p in PINPOINTS]))
+    g = torch.Generator().manual_seed(size[0] * 1000 + size[1])
+    views = torch.randn(layout.num_views(size), 16, 5, generator=g)
+    newline = torch.randn(5, generator=g)
+    if max_tiles is None:
+        theirs, lens = LlavaNextModel.pack_image_features(reference, [views], torch.tensor([size]), "default", newline)
+    else:
+        theirs, lens = LlavaOnevisionModel.pack_image_features(reference, [views], torch.tensor([size]), newline,
+                                                               f"anyres_max_{max_tiles}")
+    ours = layout.pack(views, size, newline)
+    assert int(lens[0]) == layout.num_tokens(size) == ours.shape[0]
+    torch.testing.assert_close(ours, theirs[0])
+
+
 def test_truncation_never_cuts_an_anyres_image():
     img = 9
     ids = [1, img, 5, 6, img, 7]
