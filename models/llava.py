@@ -23,6 +23,9 @@ from models.sample_attention import sample_causal_mask, segment_positions
 from models.vision import VisionEncoder, encode_without_frozen_graph
 
 
+NEEDS_SIZES = "an any-resolution LLaVA needs each image's (height, width) (image_sizes)"
+
+
 class LLaVA(nn.Module):
     """`connector` is a factory called with (vision dim, LM width), so configs never repeat dims.
 
@@ -62,6 +65,7 @@ class LLaVA(nn.Module):
 
     @property
     def num_image_tokens(self) -> int:
+        """LM positions of one view (an image without any-resolution; its base view with it)."""
         return self.connector.num_tokens(self.vision.num_patches)
 
     @property
@@ -80,7 +84,7 @@ class LLaVA(nn.Module):
         if self.anyres is None:
             return self.num_image_tokens
         if size is None:
-            raise ValueError("an any-resolution LLaVA needs each image's (height, width) (image_sizes)")
+            raise ValueError(NEEDS_SIZES)
         return self.anyres.num_tokens(size)
 
     def encode_images(self, pixel_values: Tensor) -> Tensor:
@@ -95,7 +99,7 @@ class LLaVA(nn.Module):
         if self.anyres is None:
             return features.flatten(0, 1)
         if image_sizes is None:
-            raise ValueError("an any-resolution LLaVA needs each image's (height, width) (image_sizes)")
+            raise ValueError(NEEDS_SIZES)
         counts = [self.anyres.num_views(s) for s in image_sizes]
         if sum(counts) != features.shape[0]:
             raise ValueError(f"{features.shape[0]} image views for images of sizes {image_sizes}, which take "

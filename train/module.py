@@ -30,7 +30,8 @@ from train.schedule import warmup_cosine
 from train.guards import FiniteLossGuard
 
 Stage = Literal["align", "finetune", "full"]
-# the model parts a stage may train; a model has a subset (LLaVA: vision, connector, language;
+# the model parts a stage may train; a model has a subset (LLaVA: vision, connector, language, and
+# with any-resolution the image_newline that trains with the connector;
 # Flamingo adds its gated cross-attention blocks and the <image>/<|endofchunk|> embedding rows)
 PARTS = ("vision", "connector", "image_newline", "cross_attention", "special_tokens", "language")
 BRIDGE = ("connector", "image_newline", "cross_attention", "special_tokens")
