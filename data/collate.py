@@ -53,6 +53,14 @@ def pad_rows(rows: list[Tensor], value: int, left: bool) -> Tensor:
     return out
 
 
+def image_sizes(items: list[dict]) -> dict:
+    """`image_sizes`: every image's (height, width) in the order the items hold them, as host ints
+    (an any-resolution model unpads with them without reading the device); nothing without."""
+    if not any("image_sizes" in it for it in items):
+        return {}
+    return {"image_sizes": [size for it in items for size in it.get("image_sizes", ())]}
+
+
 def count_targets(labels: Tensor) -> int:
     """How many positions the next-token loss averages over (labels after the first, not -100):
     counted here, on the host, so the training step weights by it without a device sync."""
@@ -60,13 +68,14 @@ def count_targets(labels: Tensor) -> int:
 
 
 def widened(items: list[dict], placeholders: ImagePlaceholders | None) -> list[dict]:
-    """The items with each `<image>` widened to its placeholders (`data.image_placeholders`); as they
-    are without (a model that does not read images from its sequence, e.g. Flamingo)."""
+    """The items with each `<image>` widened to its placeholders (`data.image_placeholders`; to each
+    image's own width when the item has `image_widths`, any-resolution); as they are without (a
+    model that does not read images from its sequence, e.g. Flamingo)."""
     if placeholders is None:
         return items
     out = []
     for it in items:
-        ids, labels = placeholders.widen(it["input_ids"], it.get("labels"))
+        ids, labels = placeholders.widen(it["input_ids"], it.get("labels"), it.get("image_widths"))
         out.append({**it, "input_ids": ids, **({} if labels is None else {"labels": labels})})
     return out
 
@@ -94,6 +103,7 @@ class Collator:
             batch["num_targets"] = count_targets(batch["labels"])
         pixels = [it["pixel_values"] for it in good if it["pixel_values"] is not None]
         batch["pixel_values"] = torch.cat(pixels) if pixels else None
+        batch.update(image_sizes(good))
         if "meta" in good[0]:
             batch["meta"] = [it["meta"] for it in good]
         return batch

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from data.anyres_images import image_fields
 from data.collate import Dropped, Unreadable
 from data.images import load_image
 from data.templates import IMAGE_TOKEN, ChatTemplate
@@ -60,18 +61,24 @@ def image_root(json_path: Path, image_folder: str | Path | None) -> Path:
     return root
 
 
-def load_pixels(record: dict, root: Path, transform: Callable) -> tuple[bool, torch.Tensor | None]:
-    """(ok, pixels): a record's images (`image`: a path, a list of paths or absent), stacked.
+def load_images(record: dict, root: Path, transform: Callable) -> tuple[bool, list]:
+    """(ok, transformed images): a record's images (`image`: a path, a list of paths or absent).
 
     ok is False when any image is missing or unreadable: the caller drops the sample.
     """
     image = record.get("image")
     if image is None:
-        return True, None
+        return True, []
     images = [load_image(root / p) for p in ([image] if isinstance(image, str) else image)]
     if any(im is None for im in images):
-        return False, None
-    return True, torch.stack([transform(im) for im in images])
+        return False, []
+    return True, [transform(im) for im in images]
+
+
+def load_pixels(record: dict, root: Path, transform: Callable) -> tuple[bool, torch.Tensor | None]:
+    """(ok, pixels): a record's images transformed to square tensors, stacked (None without images)."""
+    ok, images = load_images(record, root, transform)
+    return ok, torch.stack(images) if images else None
 
 
 def readable_image_batches(records: list[dict], root: Path, transform: Callable, batch_size: int):
@@ -139,7 +146,8 @@ class ConversationDataset(Dataset):
     one that does not fit `max_length` without cutting an image, or with no target token left.
 
     `max_length` counts LM positions: each `<image>` as the `num_image_tokens` positions it widens
-    to when given (else one). `max_turns` keeps a random subset of that many question/answer
+    to when given (else one), or as its own width when the transform gives one per image
+    (any-resolution, `data.anyres_images`). `max_turns` keeps a random subset of that many question/answer
     pairs per visit. Placeholders are checked at construction (`check_image_placeholders`).
     """
 
@@ -167,20 +175,22 @@ class ConversationDataset(Dataset):
         visit depend only on (seed, index, epoch), so they replay exactly after a resume."""
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         rec = self.records[i]
-        ok, pixels = load_pixels(rec, self.root, self.transform)
+        ok, images = load_images(rec, self.root, self.transform)
         if not ok:
             return Unreadable(str(rec.get("id", i)), str(self.root / str(rec["image"])))
+        fields = image_fields(images)
+        pixels = fields["pixel_values"]
         turns = rec["conversations"]
         if self.max_turns is not None:
             turns = sample_turns(turns, self.max_turns, random.Random(f"{self.seed}-{i}-{epoch}"))
-        if pixels is not None and not any(IMAGE_TOKEN in t["value"] for t in turns):
-            turns = [{**turns[0], "value": (IMAGE_TOKEN + "\n") * len(pixels) + turns[0]["value"]}] + turns[1:]
+        if images and not any(IMAGE_TOKEN in t["value"] for t in turns):
+            turns = [{**turns[0], "value": (IMAGE_TOKEN + "\n") * len(images) + turns[0]["value"]}] + turns[1:]
         try:
             ids, labels = tokenize_conversation(turns, self.tokenizer, self.template, self.max_length,
-                                                self.image_tokens)
+                                                fields.get("image_widths", self.image_tokens))
         except Unfit as err:
             return Dropped(str(rec.get("id", i)), str(err))
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": pixels}
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), **fields}
 
 
 class PromptDataset(Dataset):
@@ -200,15 +210,17 @@ class PromptDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict | None:
         rec = self.records[i]
-        ok, pixels = load_pixels(rec, self.root, self.transform)
+        ok, images = load_images(rec, self.root, self.transform)
         if not ok:
             return None
+        fields = image_fields(images)
+        pixels = fields["pixel_values"]
         prompt = self.prompts[i]
         if isinstance(prompt, list):  # a conversation ending with the question (few-shot)
             ids = tokenize_generation_prompt(prompt, self.tokenizer, self.template)
         else:
             ids = tokenize_prompt(prompt, self.tokenizer, self.template, image=pixels is not None)
-        return {"input_ids": torch.tensor(ids), "pixel_values": pixels,
+        return {"input_ids": torch.tensor(ids), **fields,
                 "meta": {"index": i, **{k: rec.get(k) for k in self.meta_keys}}}
 
 

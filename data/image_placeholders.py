@@ -29,11 +29,20 @@ class ImagePlaceholders:
         if self.width < 1:
             raise ValueError(f"an image must take at least one LM position, got width {self.width}")
 
-    def widen(self, input_ids: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def widen(self, input_ids: Tensor, labels: Tensor | None = None,
+              widths: list[int] | None = None) -> tuple[Tensor, Tensor | None]:
         """A 1-D row with each `<image>` repeated `width` times; labels repeated alike and
-        IGNORE_INDEX on every placeholder (an image position is never a target)."""
+        IGNORE_INDEX on every placeholder (an image position is never a target).
+
+        `widths`: one per `<image>` in reading order, where images take different numbers of
+        positions (any-resolution, `data.anyres_images`); they replace `width`."""
         is_image = input_ids == self.token_id
-        widths = torch.where(is_image, self.width, 1)
+        if widths is None:
+            widths = torch.where(is_image, self.width, 1)
+        else:
+            if len(widths) != int(is_image.sum()):
+                raise ValueError(f"{len(widths)} image widths for {int(is_image.sum())} <image> tokens")
+            widths = torch.ones_like(input_ids).masked_scatter(is_image, torch.as_tensor(widths, dtype=input_ids.dtype))
         ids = input_ids.repeat_interleave(widths)
         if labels is None:
             return ids, None

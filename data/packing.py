@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from data.collate import count_targets, pad_rows, usable, widened
+from data.collate import count_targets, image_sizes, pad_rows, usable, widened
 from data.image_placeholders import ImagePlaceholders
 from data.tokenize import IGNORE_INDEX
 
@@ -49,9 +49,10 @@ class PackingCollator:
             return batch
         good = widened(good, self.placeholders)
         bins = first_fit_decreasing([len(it["input_ids"]) for it in good], self.max_length)
-        ids, labels, segments, pixels = [], [], [], []
+        ids, labels, segments, pixels, in_order = [], [], [], [], []
         for members in bins:
             row = [good[i] for i in members]
+            in_order += row
             ids.append(torch.cat([it["input_ids"] for it in row]))
             # a sample's first token is never a target unpacked; packed, the previous sample's
             # last position would predict it, so it is masked
@@ -66,4 +67,5 @@ class PackingCollator:
         batch["num_targets"] = count_targets(batch["labels"])
         batch["segment_ids"] = pad_rows(segments, -1, left=False)
         batch["pixel_values"] = torch.cat(pixels) if pixels else None
+        batch.update(image_sizes(in_order))
         return batch

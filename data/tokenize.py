@@ -41,12 +41,16 @@ def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
 
 
 def truncate(ids: list[int], labels: list[int], max_length: int, image_id: int | None,
-             image_tokens: int = 1) -> tuple[list[int], list[int]]:
+             image_tokens: int | list[int] = 1) -> tuple[list[int], list[int]]:
     """The head that fits `max_length` LM positions, each `<image>` counting as the `image_tokens`
-    positions it widens to; raises Unfit rather than cut an image."""
+    positions it widens to (one count for all, or one per image in reading order, any-resolution);
+    raises Unfit rather than cut an image."""
     width = np.ones(len(ids), dtype=np.int64)
     if image_id is not None:
-        width[np.asarray(ids) == image_id] = image_tokens
+        is_image = np.asarray(ids, dtype=np.int64) == image_id
+        if not isinstance(image_tokens, int) and len(image_tokens) != int(is_image.sum()):
+            raise ValueError(f"{len(image_tokens)} image widths for {int(is_image.sum())} {IMAGE_TOKEN} tokens")
+        width[is_image] = image_tokens
     keep = int(np.searchsorted(np.cumsum(width), max_length, side="right"))
     if keep < len(ids) and image_id is not None and image_id in ids[keep:]:
         raise Unfit(f"max_length {max_length} would cut an {IMAGE_TOKEN} "
@@ -56,7 +60,7 @@ def truncate(ids: list[int], labels: list[int], max_length: int, image_id: int |
 
 def tokenize_segments(
     segments: list[Segment], tokenizer: PreTrainedTokenizerBase, max_length: int | None = None,
-    add_bos: bool = True, image_tokens: int = 1,
+    add_bos: bool = True, image_tokens: int | list[int] = 1,
 ) -> tuple[list[int], list[int]]:
     """[BOS] + ids of the joined text; labels copy the ids of tokens inside target segments and are
     IGNORE_INDEX elsewhere. `add_bos`: `adds_bos_before` (False when a chat_template wrote it).
@@ -98,7 +102,7 @@ def adds_bos_before(segments: list[Segment], tokenizer: PreTrainedTokenizerBase,
 
 def tokenize_conversation(
     conversations: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-    max_length: int | None = None, image_tokens: int = 1,
+    max_length: int | None = None, image_tokens: int | list[int] = 1,
 ) -> tuple[list[int], list[int]]:
     """Training ids and labels; raises Unfit when no target token is left (an all-masked sample
     would make the loss NaN) or an image would be cut."""

@@ -101,9 +101,11 @@ _HF_VISION_PREFIX = "model.vision_tower."
 _HF_PROJECTOR = {"net.0": "model.multi_modal_projector.linear_1", "net.2": "model.multi_modal_projector.linear_2"}
 _HF_LM_PREFIX = "model.language_model."
 _HF_HEAD = "lm_head.weight"
+_HF_NEWLINE = "model.image_newline"  # LlavaNext's row end
 # transformers < 4.52 saved LLaVA with these prefixes (still what many hub checkpoints hold)
 _HF_LEGACY = (("language_model.model.", _HF_LM_PREFIX), ("language_model.lm_head.", "lm_head."),
-              ("vision_tower.", _HF_VISION_PREFIX), ("multi_modal_projector.", "model.multi_modal_projector."))
+              ("vision_tower.", _HF_VISION_PREFIX), ("multi_modal_projector.", "model.multi_modal_projector."),
+              ("image_newline", _HF_NEWLINE))
 
 
 def _output_weight_name(lm: nn.Module) -> str | None:
@@ -137,6 +139,9 @@ def hf_llava_config(model):
     from transformers import LlavaConfig
 
     _check_hf_llava_compatible(model)
+    if getattr(model, "anyres", None) is not None:
+        raise ValueError("cannot export as hf-llava: the model reads images at any resolution "
+                         "(image_grid_pinpoints); export it as LlavaNext (models.hf_llava_next)")
     lm = model.language.model
     text = lm.config.to_dict()
     return LlavaConfig(
@@ -257,16 +262,22 @@ def import_hf_llava(src: str | Path):
     image mode, mean and std are its image processor's (`models.hf_llava_inputs`)."""
     from transformers import LlavaConfig
 
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} is not a transformers LLaVA directory (no config.json)")
+    return llava_from_hf_dir(src, LlavaConfig.from_pretrained(src))
+
+
+def llava_from_hf_dir(src: Path, cfg, vision_settings: dict | None = None, **llava_kwargs):
+    """Our `LLaVA(..., **llava_kwargs)` from a transformers LLaVA-family directory whose config is
+    `cfg` (Llava or LlavaNext: same tower, projector and LM names; LlavaNext adds `image_newline`).
+    `vision_settings` override what the directory's image processor says (`image_settings`)."""
     from models.hf_llava_inputs import image_settings
     from models.connectors import MLPConnector
     from models.language import LanguageModel
     from models.llava import LLaVA
     from models.vision import HFVision
 
-    src = Path(src)
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"{src} is not a transformers LLaVA directory (no config.json)")
-    cfg = LlavaConfig.from_pretrained(src)
     if cfg.vision_config.model_type != "clip_vision_model":
         raise ValueError(f"{src}: vision tower {cfg.vision_config.model_type!r} is not a CLIP vision model")
     if cfg.vision_feature_select_strategy != "default" or not isinstance(cfg.vision_feature_layer, int):
@@ -274,12 +285,12 @@ def import_hf_llava(src: str | Path):
     if cfg.projector_hidden_act != "gelu" or not cfg.multimodal_projector_bias:
         raise ValueError(f"{src}: projector must be mlp2x_gelu with biases")
     vision = HFVision(config=_config_kwargs(cfg.vision_config), model_type="clip", select_layer=cfg.vision_feature_layer,
-                      **image_settings(src))  # the directory's image mode and normalisation
+                      **{**image_settings(src), **(vision_settings or {})})  # the directory's image mode and normalisation
     language = LanguageModel(config={"model_type": cfg.text_config.model_type, **_config_kwargs(cfg.text_config)},
                              tokenizer=str(src))
     if language.image_token_id != cfg.image_token_id:
         raise ValueError(f"{src}: tokenizer's <image> id {language.image_token_id} != config's {cfg.image_token_id}")
-    model = LLaVA(vision, language, MLPConnector)
+    model = LLaVA(vision, language, MLPConnector, **llava_kwargs)
     state = _load_safetensors_dir(src)
     for old, new in _HF_LEGACY:
         state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
@@ -297,8 +308,10 @@ def import_hf_llava(src: str | Path):
             ours["language.model." + prefix + k[len(_HF_LM_PREFIX):]] = v
         elif k == _HF_HEAD:
             ours["language.model." + head] = v
+        elif k == _HF_NEWLINE:
+            ours["image_newline.weight"] = v
         else:
-            raise ValueError(f"{src}: unexpected weight {k!r} for a LLaVA checkpoint")
+            raise ValueError(f"{src}: unexpected weight {k!r} for a {type(cfg).__name__} checkpoint")
     missing, unexpected = model.load_state_dict(ours, strict=False)
     tied = bool(getattr(lm.config, "tie_word_embeddings", False))
     missing = [k for k in missing if not (tied and k == f"language.model.{head}")]  # the head shares the embedding

@@ -7,12 +7,15 @@ training step has fixed shapes, waits for the device nowhere and compiles as one
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from data.anyres_images import AnyResTransform
 from data.image_placeholders import ImagePlaceholders
+from models.anyres import AnyResLayout, ImageNewline, Size
 from models.connectors import Connector, MLPConnector
 from models.language import LanguageModel
 from models.losses import chunked_next_token_loss, next_token_loss, summed_label_logprobs
@@ -20,11 +23,19 @@ from models.sample_attention import sample_causal_mask, segment_positions
 from models.vision import VisionEncoder, encode_without_frozen_graph
 
 
+NEEDS_SIZES = "an any-resolution LLaVA needs each image's (height, width) (image_sizes)"
+
+
 class LLaVA(nn.Module):
     """`connector` is a factory called with (vision dim, LM width), so configs never repeat dims.
 
     `loss_chunk_size`: compute the training loss this many positions at a time without
     materialising full-vocabulary logits (`models.losses`); the forward then returns no logits.
+
+    `image_grid_pinpoints`: LLaVA-NeXT any-resolution (`models.anyres`): candidate (height, width)
+    canvases, multiples of the tower's side; each image is then a base view plus tiles and takes
+    a number of LM positions that depends on its size (`image_token_count`). `anyres_max_tiles`:
+    OneVision's `anyres_max_N`. Without pinpoints this is LLaVA-1.5: one view, fixed width.
     """
 
     def __init__(
@@ -33,12 +44,20 @@ class LLaVA(nn.Module):
         language: LanguageModel,
         connector: Callable[[int, int], Connector] = MLPConnector,
         loss_chunk_size: int | None = None,
+        image_grid_pinpoints: list[tuple[int, int]] | None = None,
+        anyres_max_tiles: int | None = None,
     ) -> None:
         super().__init__()
         self.vision = vision
         self.language = language
         self.connector = connector(vision.dim, language.hidden_size)
         self.loss_chunk_size = loss_chunk_size
+        self.anyres = None
+        if image_grid_pinpoints is not None:
+            self.anyres = anyres_layout(vision, self.connector, image_grid_pinpoints, anyres_max_tiles)
+            self.image_newline = ImageNewline(language.hidden_size)
+        elif anyres_max_tiles is not None:
+            raise ValueError("anyres_max_tiles needs image_grid_pinpoints (any-resolution is off without them)")
 
     @property
     def tokenizer(self):
@@ -46,6 +65,7 @@ class LLaVA(nn.Module):
 
     @property
     def num_image_tokens(self) -> int:
+        """LM positions of one view (an image without any-resolution; its base view with it)."""
         return self.connector.num_tokens(self.vision.num_patches)
 
     @property
@@ -53,37 +73,75 @@ class LLaVA(nn.Module):
         """How the data side widens each `<image>` for this model: the one source of that width."""
         return ImagePlaceholders(self.language.image_token_id, self.num_image_tokens)
 
+    def image_transform(self, train: bool = False):
+        """PIL image -> the model's input for it: the tower's square tensor, or with any-resolution
+        an `AnyResImage` (base view + tiles, size, token count; `data.anyres_images`)."""
+        base = self.vision.transform(train=train)
+        return base if self.anyres is None else AnyResTransform(self.anyres, base)
+
+    def image_token_count(self, size: Size | None = None) -> int:
+        """LM positions one image takes: fixed, or with any-resolution from its (height, width)."""
+        if self.anyres is None:
+            return self.num_image_tokens
+        if size is None:
+            raise ValueError(NEEDS_SIZES)
+        return self.anyres.num_tokens(size)
+
     def encode_images(self, pixel_values: Tensor) -> Tensor:
-        """(I, 3, H, W) -> (I, M, D) LM-space image embeddings; no graph through a frozen tower."""
+        """(V, 3, H, W) -> (V, M, D) LM-space features of each view; no graph through a frozen tower."""
         return self.connector(encode_without_frozen_graph(self.vision, pixel_values))
 
-    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_positions: Tensor | None = None) -> Tensor:
+    def image_embeddings(self, pixel_values: Tensor, image_sizes: list[Size] | None = None) -> Tensor:
+        """(P, D) the images' LM positions in reading order. Without any-resolution a view is an image
+        (P = V x M); with it, `image_sizes` says which views are whose and how each image's tiles
+        unpad (`AnyResLayout.pack`)."""
+        features = self.encode_images(pixel_values)
+        if self.anyres is None:
+            return features.flatten(0, 1)
+        if image_sizes is None:
+            raise ValueError(NEEDS_SIZES)
+        counts = [self.anyres.num_views(s) for s in image_sizes]
+        if sum(counts) != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} image views for images of sizes {image_sizes}, which take "
+                             f"{counts} views (base + tiles): transform images with this model's image_transform")
+        views = features.split(counts)
+        return torch.cat([self.anyres.pack(v, s, self.image_newline.weight) for v, s in zip(views, image_sizes)])
+
+    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_positions: Tensor | None = None,
+              image_sizes: list[Size] | None = None) -> Tensor:
         """(B, T, D) token embeddings with the images' features written at their placeholders.
 
         `image_positions` (`ImagePlaceholders.positions`): collators find them on the host, so a
         step never waits for the device; without them they are found here (one host sync).
+        `image_sizes`: each image's (height, width) as host ints, for any-resolution.
         """
         text = self.language.embed(input_ids)
         if image_positions is None:
             image_positions = self.image_placeholders.positions(input_ids)
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
-        if image_positions.shape[0] != n_images * self.num_image_tokens:
+        expected, of = n_images * self.num_image_tokens, f"{self.num_image_tokens} tokens"
+        if self.anyres is not None and pixel_values is not None:
+            sizes = image_sizes or [None]
+            n_images, expected = len(sizes), sum(self.image_token_count(s) for s in sizes)
+            of = f"{[self.image_token_count(s) for s in sizes]} tokens (any-resolution)"
+        if image_positions.shape[0] != expected:
             raise ValueError(f"the batch has {image_positions.shape[0]} <image> placeholders for {n_images} images of "
-                             f"{self.num_image_tokens} tokens: collate with this model's image_placeholders")
-        if n_images == 0:
+                             f"{of}: collate with this model's image_placeholders")
+        if pixel_values is None:
             return text
-        images = self.encode_images(pixel_values).to(text.dtype)
-        return text.flatten(0, 1).index_copy(0, image_positions, images.flatten(0, 1)).view_as(text)
+        images = self.image_embeddings(pixel_values, image_sizes).to(text.dtype)
+        return text.flatten(0, 1).index_copy(0, image_positions, images).view_as(text)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
                 labels: Tensor | None = None, segment_ids: Tensor | None = None,
-                image_positions: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+                image_positions: Tensor | None = None,
+                image_sizes: list[Size] | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Returns (logits, loss); the loss is next-token CE over positions whose label is not -100.
 
         `segment_ids` marks packed rows (`data.packing`): attention stays inside each sample and
         positions restart at each; an unpacked row is one sample after its padding (either side).
         """
-        embeds = self.embed(input_ids, pixel_values, image_positions)
+        embeds = self.embed(input_ids, pixel_values, image_positions, image_sizes)
         segments = attention_mask.long() - 1 if segment_ids is None else segment_ids
         mask = sample_causal_mask(self.language.model.config, embeds, segments)
         positions = segment_positions(segments)
@@ -101,11 +159,23 @@ class LLaVA(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
-                 max_new_tokens: int = 16, **kwargs) -> Tensor:
+                 max_new_tokens: int = 16, image_sizes: list[Size] | None = None, **kwargs) -> Tensor:
         """Greedy by default; prompts (`<image>` widened) must be left-padded. Returns only the new token ids."""
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, image_sizes=image_sizes)
         tok = self.tokenizer
         kwargs = {"do_sample": False, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **kwargs}
         return self.language.model.generate(
             inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **kwargs
         )
+
+
+def anyres_layout(vision: VisionEncoder, connector: Connector, pinpoints: list[tuple[int, int]],
+                  max_tiles: int | None) -> AnyResLayout:
+    """The any-resolution layout of this tower; the connector must keep the tower's square patch
+    grid (one token per patch, e.g. mlp2x_gelu), since tiles are stitched on that grid."""
+    side = math.isqrt(vision.num_patches)
+    if side * side != vision.num_patches or connector.num_tokens(vision.num_patches) != vision.num_patches:
+        raise ValueError(f"image_grid_pinpoints: any-resolution stitches tiles on the tower's square patch grid; "
+                         f"{vision.num_patches} patches -> {connector.num_tokens(vision.num_patches)} connector "
+                         f"tokens is not one token per patch of a square grid")
+    return AnyResLayout(vision.image_size, side, tuple(tuple(p) for p in pinpoints), max_tiles)

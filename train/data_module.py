@@ -23,6 +23,12 @@ def image_placeholders(model) -> ImagePlaceholders | None:
     return model.image_placeholders if isinstance(model, LLaVA) else None
 
 
+def image_transform(model, train: bool):
+    """PIL image -> what a dataset item holds for `model`: its LLaVA's (any-resolution views when it
+    has a grid), else the tower's square tensor."""
+    return model.image_transform(train) if isinstance(model, LLaVA) else model.vision.transform(train=train)
+
+
 def image_width(model) -> int | None:
     """LM positions one `<image>` takes, as the token budget `max_length` counts it; None: one."""
     placeholders = image_placeholders(model)
@@ -79,7 +85,7 @@ class ConversationDataModule(L.LightningDataModule):
         self.train_set = self.build_train_set(model, template)
         self.val_set = None
         if self.val_qa:
-            self.val_set = QADataset(self.val_qa, model.tokenizer, template, model.vision.transform(train=False),
+            self.val_set = QADataset(self.val_qa, model.tokenizer, template, image_transform(model, train=False),
                                      limit=self.max_val_samples, image_folder=self.val_image_folder)
 
     def build_packer(self, model) -> PackingCollator | None:
@@ -91,7 +97,7 @@ class ConversationDataModule(L.LightningDataModule):
         return PackingCollator(model.tokenizer.pad_token_id, model.image_placeholders, self.pack_length)
 
     def build_train_set(self, model, template):
-        return ConversationDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),
+        return ConversationDataset(self.train_json, model.tokenizer, template, image_transform(model, train=True),
                                    self.max_length, max_turns=self.max_turns,
                                    num_image_tokens=image_width(model), image_folder=self.image_folder)
 

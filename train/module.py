@@ -30,10 +30,11 @@ from train.schedule import warmup_cosine
 from train.guards import FiniteLossGuard
 
 Stage = Literal["align", "finetune", "full"]
-# the model parts a stage may train; a model has a subset (LLaVA: vision, connector, language;
+# the model parts a stage may train; a model has a subset (LLaVA: vision, connector, language, and
+# with any-resolution the image_newline that trains with the connector;
 # Flamingo adds its gated cross-attention blocks and the <image>/<|endofchunk|> embedding rows)
-PARTS = ("vision", "connector", "cross_attention", "special_tokens", "language")
-BRIDGE = ("connector", "cross_attention", "special_tokens")
+PARTS = ("vision", "connector", "image_newline", "cross_attention", "special_tokens", "language")
+BRIDGE = ("connector", "image_newline", "cross_attention", "special_tokens")
 # which parts train in each stage (prismatic's freeze_backbones, as data). `align` is LLaVA's
 # projector pretraining and Flamingo's usual stage (resampler + cross-attention, LM frozen).
 TRAINABLE: dict[str, tuple[str, ...]] = {
@@ -230,7 +231,7 @@ class VLMModule(L.LightningModule):
         total, tokens = None, 0
         for name, (weight, part) in sources.items():
             # packed rows (data.packing), LLaVA's placeholder positions found on the host (data.image_placeholders)
-            extra = {k: part[k] for k in ("segment_ids", "image_positions") if k in part}
+            extra = {k: part[k] for k in ("segment_ids", "image_positions", "image_sizes") if k in part}
             _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"],
                                  **extra)
             self.finite_guard.observe(loss, self.global_step, batch_idx)
@@ -276,8 +277,9 @@ class VLMModule(L.LightningModule):
         # sharded, a rank whose prompts are done keeps stepping until every rank is (`synced_gpus`),
         # or the ranks still generating would wait forever for its all-gathers
         synced = {"synced_gpus": True} if self._trainer is not None and self.sharded else {}
+        sizes = {"image_sizes": batch["image_sizes"]} if "image_sizes" in batch else {}  # any-resolution
         out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                  max_new_tokens=self.max_new_tokens, **synced)
+                                  max_new_tokens=self.max_new_tokens, **synced, **sizes)
         return self.model.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
