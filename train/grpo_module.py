@@ -158,6 +158,7 @@ class GRPOModule(VLMModule):
         with torch.no_grad():
             ref = self.reference(*args) if self.beta else None
             old = token_logprobs(self.model, *args) if self.num_iterations > 1 else None
+        losses, kls, clipped = [], [], []
         for _ in range(self.num_iterations):
             logprobs = token_logprobs(self.model, *args)
             # one step per batch: the sampling policy is the policy (ratio 1, the gradient is the paper's)
@@ -165,16 +166,21 @@ class GRPOModule(VLMModule):
                                     self.clip_eps, self.beta)
             self.finite_guard.observe(loss, self.global_step, batch_idx)
             self._optimizer_step(loss)
-        self.log_rollouts(loss, stats, rewards, reward_means, lengths, rows, meta)
+            losses.append(loss.detach())
+            kls.append(stats.kl)
+            clipped.append(stats.clip_fraction)
+        mean = lambda xs: torch.stack(xs).mean()  # noqa: E731  over the optimizer steps on this batch
+        self.log_rollouts(mean(losses), mean(kls), mean(clipped), rewards, reward_means, lengths, rows, meta)
 
-    def log_rollouts(self, loss, stats, rewards, reward_means, lengths, rows, meta) -> None:
+    def log_rollouts(self, loss, kl, clip_fraction, rewards, reward_means, lengths, rows, meta) -> None:
+        """Means over the batch's optimizer steps (loss, KL, clip fraction) and over its rollouts."""
         n = rewards.numel()
-        log = {"train/loss": loss.detach(), "train/reward": rewards.mean(), "train/reward_std": rewards.std(),
-               "train/kl": stats.kl, "train/clip_fraction": stats.clip_fraction,
+        log = {"train/loss": loss, "train/reward": rewards.mean(), "train/reward_std": rewards.std(),
+               "train/kl": kl, "train/clip_fraction": clip_fraction,
                "train/completion_length": lengths.mean(), "train/finished": rows["finished"].float().mean(),
                **reward_means}
         records = [{"type": m.get("type"), "correct": vqa_accuracy(t, [str(m["answer"])]) == 1.0}
                    for t, m in zip(rows["texts"], meta)]
         log.update({f"train/rollout_{k}": v for k, v in accuracy_by_type(records, self.type_groups).items()})
         self.log_dict(log, on_step=True, batch_size=n)
-        self.log("train/grpo_loss", loss.detach(), prog_bar=True, on_step=True, batch_size=n)
+        self.log("train/grpo_loss", loss, prog_bar=True, on_step=True, batch_size=n)
