@@ -204,6 +204,8 @@ def test_sampling_is_reproducible_under_a_seed_and_leaves_the_global_rng(world):
     assert torch.equal(a, b) and torch.equal(torch.rand(1), after_a)  # the global RNG is untouched
     module.seed = 1
     assert not torch.equal(module.sample(batch), a)
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        grpo_module(world, group_size=1)
     assert not torch.equal(a[0], a[1])  # a group's completions differ (sampled, not greedy)
 
 

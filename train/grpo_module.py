@@ -66,7 +66,9 @@ class GRPOModule(VLMModule):
         self.reward_weights = list(reward_weights) if reward_weights is not None else [1.0] * len(self.rewards)
         if len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights: {len(self.reward_weights)} weights for {len(self.rewards)} rewards")
-        for name, value in (("group_size", group_size), ("num_iterations", num_iterations),
+        if group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (advantages are relative to the group), got {group_size}")
+        for name, value in (("num_iterations", num_iterations),
                             ("max_completion_tokens", max_completion_tokens)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
