@@ -209,6 +209,34 @@ def test_sampling_is_reproducible_under_a_seed_and_leaves_the_global_rng(world):
     assert not torch.equal(a[0], a[1])  # a group's completions differ (sampled, not greedy)
 
 
+def test_flamingo_rollout_and_update(world, tmp_path):
+    """Flamingo samples through its cross-attention (one `<image>` per prompt, not widened) and scores
+    its completions with labels on the completion only; KL 0 against its frozen copy at the start."""
+    from data.collate import Collator
+    from data.prompt_answers import GroupCollator, PromptAnswerDataset
+
+    torch.manual_seed(0)
+    cfg = flamingo_config(world, tmp_path, stage="finetune")["model"]
+    cfg["class_path"] = "train.grpo_module.GRPOModule"
+    cfg["init_args"].update({"group_size": 2, "max_completion_tokens": 3})
+    module = build_module(cfg)
+    model = module.model
+    ds = PromptAnswerDataset(world / "train.json", model.tokenizer, module.template, model.vision.transform(False))
+    batch = GroupCollator(Collator(model.tokenizer.pad_token_id, left_pad=True), 2)([ds[0], ds[1]])
+    rows = module.rollout(batch)
+    assert (rows["input_ids"] == model.image_token_id).sum(1).tolist() == [1] * 4  # no image token sampled
+    args = (rows["input_ids"], rows["attention_mask"], rows["pixel_values"], rows["labels"])
+    mask = shifted_targets(rows["labels"]) != -100
+    assert mask.sum(1).tolist() == rows["lengths"].tolist()
+    logp = token_logprobs(model, *args)
+    assert torch.count_nonzero(logp[~mask]) == 0 and (logp[mask] < 0).all()
+    loss, stats = grpo_loss(logp, logp.detach(), module.reference(*args), torch.tensor([1.0, -1.0, 0.5, -0.5]),
+                            mask)
+    loss.backward()
+    assert stats.kl.item() == 0.0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cross_attention.parameters())
+
+
 # ---------------------------------------------------------------- chimera fit
 
 def grpo_config(base: dict, name: str, **grpo) -> dict:
@@ -268,6 +296,7 @@ def test_resume_equals_uninterrupted(world, tmp_path):
     assert resumed and [resumed[-1][k] for k in keys] == [rows[-1][k] for k in keys]
 
 
+@pytest.mark.slow  # ~25 s on 2 shared cores: a whole `chimera fit` (the fast Flamingo check is the rollout test)
 def test_flamingo_grpo_fit_logs_rollout_statistics(world, tmp_path):
     cfg = grpo_config(flamingo_config(world, tmp_path, max_steps=2), "flamingo_grpo")
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(cfg))
@@ -279,3 +308,20 @@ def test_flamingo_grpo_fit_logs_rollout_statistics(world, tmp_path):
         assert key in rows[0] and rows[0][key] != "", key
     assert 1.0 <= float(rows[0]["train/completion_length"]) <= 3.0
     assert any(k.startswith("train/rollout_acc_") and rows[0][k] != "" for k in rows[0])  # per question type
+
+
+@pytest.mark.slow  # ~30 s on 2 shared cores: a whole 4-bit `chimera fit`
+def test_qlora_grpo_fit_against_the_adapter_disabled_reference(world, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    cfg = grpo_config(experiment_config(world, tmp_path, max_steps=3), "qlora", group_size=4, lr=1e-2,
+                      optimizer="paged_adamw", rewards=[{"class_path": "train.rewards.FormatReward",
+                                                         "init_args": {"pattern": "(?s).*[aeiou].*"}}])
+    lm = cfg["model"]["init_args"]["model"]["init_args"]["language"]["init_args"]
+    lm.update(adapter={"class_path": "models.peft.LoRA", "init_args": {"r": 4, "alpha": 8, "dropout": 0.0}},
+              quantization="nf4", double_quant=True)
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(cfg))
+    main(["fit", "--config", str(tmp_path / "q.yaml")])
+    rows = _metrics(tmp_path, "qlora")
+    # LoRA's B starts at 0: the adapter-disabled model is the policy at step 0, then the policy moves
+    assert float(rows[0]["train/kl"]) == 0.0 and float(rows[0]["train/loss"]) == 0.0  # ratio 1, advantages sum to 0
+    assert float(rows[0]["train/reward_std"]) > 0.0 and float(rows[-1]["train/kl"]) > 0.0
