@@ -5,6 +5,7 @@ that favours the rewarded completion, the adapter-disabled reference, seeded sam
 import copy
 import csv
 import math
+import os
 
 import pytest
 import torch
@@ -296,7 +297,6 @@ def test_resume_equals_uninterrupted(world, tmp_path):
     assert resumed and [resumed[-1][k] for k in keys] == [rows[-1][k] for k in keys]
 
 
-@pytest.mark.slow  # ~25 s on 2 shared cores: a whole `chimera fit` (the fast Flamingo check is the rollout test)
 def test_flamingo_grpo_fit_logs_rollout_statistics(world, tmp_path):
     cfg = grpo_config(flamingo_config(world, tmp_path, max_steps=2), "flamingo_grpo")
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(cfg))
@@ -310,7 +310,6 @@ def test_flamingo_grpo_fit_logs_rollout_statistics(world, tmp_path):
     assert any(k.startswith("train/rollout_acc_") and rows[0][k] != "" for k in rows[0])  # per question type
 
 
-@pytest.mark.slow  # ~30 s on 2 shared cores: a whole 4-bit `chimera fit`
 def test_qlora_grpo_fit_against_the_adapter_disabled_reference(world, tmp_path):
     pytest.importorskip("bitsandbytes")
     cfg = grpo_config(experiment_config(world, tmp_path, max_steps=3), "qlora", group_size=4, lr=1e-2,
@@ -325,3 +324,30 @@ def test_qlora_grpo_fit_against_the_adapter_disabled_reference(world, tmp_path):
     # LoRA's B starts at 0: the adapter-disabled model is the policy at step 0, then the policy moves
     assert float(rows[0]["train/kl"]) == 0.0 and float(rows[0]["train/loss"]) == 0.0  # ratio 1, advantages sum to 0
     assert float(rows[0]["train/reward_std"]) > 0.0 and float(rows[-1]["train/kl"]) > 0.0
+
+
+@pytest.mark.slow  # 20-35 s on 2 shared cores: two processes (gloo) launched as users launch them
+def test_two_process_ddp_grpo(world, tmp_path):
+    from tests.tiny import launch_fit
+
+    cfg = grpo_config(experiment_config(world, tmp_path, max_steps=2), "ddp", rewards=[
+        {"class_path": "train.rewards.FormatReward", "init_args": {"pattern": "(?s).*[aeiou].*"}}])
+    cfg["trainer"].update({"devices": 2, "strategy": "ddp", "enable_checkpointing": False})
+    launch_fit(cfg, tmp_path / "ddp.yaml", timeout=240)
+    rows = _metrics(tmp_path, "ddp")
+    assert len(rows) == 2 and float(rows[0]["train/kl"]) == 0.0 and float(rows[1]["train/kl"]) > 0.0
+
+
+def test_fsdp_is_refused_before_training(world, tmp_path):
+    cfg = grpo_config(experiment_config(world, tmp_path, max_steps=1), "fsdp")
+    cfg["trainer"]["strategy"] = {"class_path": "train.strategies.FSDP"}
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ)  # the strategy's setup exports LOCAL_RANK, MASTER_PORT, ... and starts a process group
+    try:
+        with pytest.raises(ValueError, match=r"^grpo: trainer.strategy FSDP is not supported yet .*; use ddp$"):
+            main(["fit", "--config", str(tmp_path / "fsdp.yaml")])
+    finally:  # left to later tests, they would make a launched `chimera fit` believe it is a spawned rank
+        os.environ.clear()
+        os.environ.update(env)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

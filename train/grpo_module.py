@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
 from data.tokenize import IGNORE_INDEX
@@ -20,10 +21,9 @@ from models.losses import shifted_targets
 from train.answers import accuracy_by_type
 from train.evaluation.vqa_metric import vqa_accuracy
 from train.grpo_loss import group_advantages, grpo_loss
-from train.grpo_reference import AdapterDisabledReference, build_reference, evaluating, token_logprobs
+from train.grpo_reference import build_reference, evaluating, token_logprobs
 from train.module import VLMModule, zero_through_parameters
 from train.rewards import ExactMatch, Reward
-from train.strategies import FSDP
 
 
 def rollout_rows(prompt_ids: Tensor, prompt_mask: Tensor, completion: Tensor, eos_id: int,
@@ -85,14 +85,11 @@ class GRPOModule(VLMModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        strategy = self.trainer.strategy
-        if isinstance(strategy, FSDP):
-            if isinstance(self.reference, AdapterDisabledReference):
-                raise ValueError("grpo: a LoRA model's adapter-disabled reference is not supported under FSDP; "
-                                 "use DDP (the base LM is frozen, so little is replicated)")
-            self.__dict__["reference"] = strategy.shard_frozen(self.reference).eval()
-        else:
-            self.reference.to(self.device)
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            # sampling inside the training step leaves FSDP units mid-forward for the backward that follows
+            raise ValueError("grpo: trainer.strategy FSDP is not supported yet (sampling inside a training step); "
+                             "use ddp")
+        self.reference.to(self.device)
 
     def sample(self, batch: dict) -> Tensor:
         """(N, C) sampled completion ids for the (left-padded) prompts, in eval mode, under an RNG

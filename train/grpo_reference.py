@@ -41,8 +41,7 @@ def evaluating(module: nn.Module) -> Iterator[None]:
 
 
 class FrozenCopy(nn.Module):
-    """A frozen eval-mode copy of the starting policy; its forward is the per-token log-probabilities,
-    so a copy sharded in its own FSDP instance gathers its parameters when called."""
+    """A frozen eval-mode copy of the starting policy; its forward is the per-token log-probabilities."""
 
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
