@@ -1,0 +1,73 @@
+"""Prompts with reference answers for on-policy training (the `grpo` stage), from the same files
+supervised stages read: LLaVA conversation JSON (each human/gpt pair one prompt, its `types[k]` the
+question type) or `{id, image, question, answer, type}` JSONL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from data.conversation_dataset import PromptDataset, image_count, image_root, read_records
+from data.templates import IMAGE_TOKEN, ChatTemplate
+
+
+def question_rows(records: list[dict], path: Path) -> list[dict]:
+    """One `{id, image, question, answer, type}` row per question: QA rows as they are, conversation
+    records split into their human/gpt pairs (the image travels with every pair)."""
+    rows = []
+    for n, rec in enumerate(records):
+        if image_count(rec) > 1:
+            raise ValueError(f"{path}: record {rec.get('id', n)} has {image_count(rec)} images; "
+                             "prompts take at most one")
+        if "conversations" not in rec:
+            missing = {"question", "answer"} - rec.keys()
+            if missing:
+                raise ValueError(f"{path}: record {n} lacks {sorted(missing)} (nor has it `conversations`)")
+            rows.append({"id": rec.get("id", str(n)), "image": rec.get("image"), "question": rec["question"],
+                         "answer": rec["answer"], "type": rec.get("type")})
+            continue
+        turns, types = rec["conversations"], rec.get("types") or []
+        for k in range(len(turns) // 2):
+            human, gpt = turns[2 * k], turns[2 * k + 1]
+            if human.get("from") != "human" or gpt.get("from") != "gpt":
+                raise ValueError(f"{path}: record {rec.get('id', n)} turn {2 * k} is not a human/gpt pair")
+            question = human["value"].replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "").strip()
+            rows.append({"id": f"{rec.get('id', n)}-{k}", "image": rec.get("image"), "question": question,
+                         "answer": gpt["value"], "type": types[k] if k < len(types) else rec.get("type")})
+    if not rows:
+        raise ValueError(f"{path}: no question with a reference answer")
+    return rows
+
+
+class PromptAnswerDataset(PromptDataset):
+    """Generation prompts (no answer in the ids); `meta` holds each one's `answer` and `type`."""
+
+    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                 transform: Callable, image_folder: str | Path | None = None) -> None:
+        path = Path(path)
+        rows = question_rows(read_records(path), path)
+        super().__init__(rows, image_root(path, image_folder), [r["question"] for r in rows], tokenizer, template,
+                         transform, meta_keys=("id", "answer", "type"))
+        self.path = path
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        """`key`: an index or `(index, epoch)` from `ResumableSampler` (the prompt is the same each epoch)."""
+        return super().__getitem__(key[0] if isinstance(key, tuple) else key)
+
+
+class GroupCollator:
+    """Each readable prompt repeated `group_size` times in a row (GRPO's group), collated by `inner`
+    (left-padded for generation); `samples` still counts prompts, as the data guard judges them."""
+
+    def __init__(self, inner: Callable[[list], dict], group_size: int) -> None:
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.inner, self.group_size = inner, group_size
+
+    def __call__(self, items: list) -> dict:
+        repeated = [x for it in items for x in ([it] * self.group_size if isinstance(it, dict) else [it])]
+        batch = self.inner(repeated)
+        batch["samples"] = len(items)
+        return batch
