@@ -14,7 +14,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from models.interop import _HF_NEWLINE, _check_hf_llava_compatible, chimera_to_hf_llava, llava_from_hf_dir
+from models.interop import (_HF_NEWLINE, _check_hf_llava_compatible, chimera_to_hf_llava, llava_config_fields,
+                            llava_from_hf_dir)
 
 
 def _check_exportable(model) -> None:
@@ -36,20 +37,8 @@ def hf_llava_next_config(model):
     from transformers import LlavaNextConfig
 
     _check_exportable(model)
-    text = model.language.model.config.to_dict()
-    return LlavaNextConfig(
-        vision_config=model.vision.model.config.to_dict(),
-        text_config=text,
-        image_token_index=model.language.image_token_id,
-        image_grid_pinpoints=[list(p) for p in model.anyres.grid_pinpoints],
-        image_seq_length=model.num_image_tokens,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",  # drop CLS, as HFVision does for CLIP
-        vision_feature_layer=model.vision.select_layer,
-        multimodal_projector_bias=True,
-        tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
-        pad_token_id=model.tokenizer.pad_token_id,
-    )
+    return LlavaNextConfig(**llava_config_fields(model),
+                           image_grid_pinpoints=[list(p) for p in model.anyres.grid_pinpoints])
 
 
 def chimera_to_hf_llava_next(model) -> dict[str, Tensor]:

@@ -142,20 +142,24 @@ def hf_llava_config(model):
     if getattr(model, "anyres", None) is not None:
         raise ValueError("cannot export as hf-llava: the model reads images at any resolution "
                          "(image_grid_pinpoints); export it as LlavaNext (models.hf_llava_next)")
-    lm = model.language.model
-    text = lm.config.to_dict()
-    return LlavaConfig(
-        vision_config=model.vision.model.config.to_dict(),
-        text_config=text,
-        image_token_index=model.language.image_token_id,
-        image_seq_length=model.num_image_tokens,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",  # drop CLS, as HFVision does for CLIP
-        vision_feature_layer=model.vision.select_layer,
-        multimodal_projector_bias=True,
-        tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
-        pad_token_id=model.tokenizer.pad_token_id,
-    )
+    return LlavaConfig(**llava_config_fields(model))
+
+
+def llava_config_fields(model) -> dict:
+    """The config fields transformers' LLaVA family (LlavaConfig, LlavaNextConfig) shares, from our LLaVA."""
+    text = model.language.model.config.to_dict()
+    return {
+        "vision_config": model.vision.model.config.to_dict(),
+        "text_config": text,
+        "image_token_index": model.language.image_token_id,
+        "image_seq_length": model.num_image_tokens,
+        "projector_hidden_act": "gelu",
+        "vision_feature_select_strategy": "default",  # drop CLS, as HFVision does for CLIP
+        "vision_feature_layer": model.vision.select_layer,
+        "multimodal_projector_bias": True,
+        "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
+        "pad_token_id": model.tokenizer.pad_token_id,
+    }
 
 
 def chimera_to_hf_llava(model) -> dict[str, Tensor]:
@@ -452,6 +456,6 @@ def load_openflamingo_checkpoint(model, checkpoint: str | Path | dict[str, Tenso
 
 __all__ = [
     "arch_config", "build_on_meta", "chimera_to_hf_llava", "chimera_to_openflamingo", "export_hf_llava",
-    "hf_llava_config", "import_hf_llava", "load_openflamingo_checkpoint", "offline_stand_in",
+    "hf_llava_config", "import_hf_llava", "llava_config_fields", "load_openflamingo_checkpoint", "offline_stand_in",
     "openflamingo_to_chimera",
 ]
