@@ -88,8 +88,9 @@ def vqav2(world: Path) -> Path:
 
 def ten_answers(world: Path, name: str) -> Path:
     """TextVQA / VizWiz / OK-VQA: `answers`, a list of ten strings (here the world's one answer ten times)."""
-    return _write(world, name, ({**{k: v for k, v in r.items() if k != "answer"}, "answers": [r["answer"]] * VQA_ANSWERS}
-                                for r in read_records(world / "val_qa.jsonl")))
+    rows = ({**{k: v for k, v in r.items() if k != "answer"}, "answers": [r["answer"]] * VQA_ANSWERS}
+            for r in read_records(world / "val_qa.jsonl"))
+    return _write(world, name, rows)
 
 
 def scienceqa_img(world: Path) -> Path:
