@@ -119,7 +119,7 @@ def main() -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     print(f"model: {'checkpoint ' + args.ckpt if args.ckpt else 'random weights from ' + args.config} "
           f"({n_params / 1e6:.2f} M parameters), {args.threads} threads, {args.samples} samples per task")
-    print(f"{'task':<10} {'new tokens':>10} " + " ".join(f"{f'samples/s@{b}':>14}" for b in sizes))
+    print(f"{'task':<14} {'new tokens':>10} " + " ".join(f"{f'samples/s@{b}':>14}" for b in sizes) + f" {'load':>5}")
     stop = ["\n"] if args.ckpt else []  # random weights: every sample decodes max_new_tokens
     samples_per_second(module, tasks[0], TASK_DATA[tasks[0]](tmp, args.samples), tmp / "warmup", 2, 4, 2, stop)
     for task in tasks:
@@ -127,7 +127,9 @@ def main() -> None:
         max_new = args.max_new_tokens or make_task(task).max_new_tokens
         rates = [samples_per_second(module, task, path, tmp / f"out_{task}_{b}", b, args.samples, max_new, stop)
                  for b in sizes]
-        print(f"{task:<10} {max_new:>10} " + " ".join(f"{r:>14.1f}" for r in rates), flush=True)
+        # load: the 1-minute load average after the task's runs (on a shared machine, what else competed)
+        print(f"{task:<14} {max_new:>10} " + " ".join(f"{r:>14.1f}" for r in rates) + f" {os.getloadavg()[0]:>5.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":
