@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +21,10 @@ from pathlib import Path
 
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: this checkout's packages
+
+from scripts import eval_task_data as task_data  # noqa: E402
 
 
 def _sort_of_clevr(root: Path, samples: int) -> Path:
@@ -42,10 +47,28 @@ def _shapes(root: Path, samples: int) -> Path:
 
 # task -> writes (once) a data file with at least `samples` records under `root` and returns it.
 # A new generative task is benchmarked, and batch-size-checked (tests/test_eval_batching.py), by one line here.
+# The VQA and caption families read the worlds' own files (our field names); the others are written in
+# their benchmark's layout by `eval_task_data` (a Shapes world of `samples` images has about 3 * `samples`
+# multiple-choice questions).
 TASK_DATA: dict[str, Callable[[Path, int], Path]] = {
     "vqa": lambda root, samples: _sort_of_clevr(root, samples) / "val_qa.jsonl",
     "caption": lambda root, samples: _shapes(root, samples) / "val_captions.jsonl",
     "pope": lambda root, samples: _shapes(root, samples) / "pope_val.jsonl",
+    "vqav2": lambda root, samples: task_data.vqav2(_shapes(root, samples)),
+    "gqa": lambda root, samples: _sort_of_clevr(root, samples) / "val_qa.jsonl",
+    "textvqa": lambda root, samples: task_data.ten_answers(_shapes(root, samples), "bench_textvqa.jsonl"),
+    "vizwiz": lambda root, samples: task_data.ten_answers(_shapes(root, samples), "bench_vizwiz.jsonl"),
+    "okvqa": lambda root, samples: task_data.ten_answers(_sort_of_clevr(root, samples), "bench_okvqa.jsonl"),
+    "coco_caption": lambda root, samples: _shapes(root, samples) / "val_captions.jsonl",
+    "nocaps": lambda root, samples: _shapes(root, samples) / "val_captions.jsonl",
+    "flickr30k": lambda root, samples: _shapes(root, samples) / "val_captions.jsonl",
+    "chair": lambda root, samples: _shapes(root, samples) / "val_captions.jsonl",
+    "scienceqa_img": lambda root, samples: task_data.scienceqa_img(_shapes(root, samples)),
+    "mmbench": lambda root, samples: task_data.mmbench(_shapes(root, samples)),
+    "seed_bench": lambda root, samples: task_data.seed_bench(_shapes(root, samples)),
+    "mmmu": lambda root, samples: task_data.mmmu(_shapes(root, samples)),
+    "mmstar": lambda root, samples: task_data.mmstar(_shapes(root, samples)),
+    "mme": lambda root, samples: task_data.mme(_shapes(root, samples)),
 }
 
 
@@ -96,7 +119,7 @@ def main() -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     print(f"model: {'checkpoint ' + args.ckpt if args.ckpt else 'random weights from ' + args.config} "
           f"({n_params / 1e6:.2f} M parameters), {args.threads} threads, {args.samples} samples per task")
-    print(f"{'task':<10} {'new tokens':>10} " + " ".join(f"{f'samples/s@{b}':>14}" for b in sizes))
+    print(f"{'task':<14} {'new tokens':>10} " + " ".join(f"{f'samples/s@{b}':>14}" for b in sizes) + f" {'load':>5}")
     stop = ["\n"] if args.ckpt else []  # random weights: every sample decodes max_new_tokens
     samples_per_second(module, tasks[0], TASK_DATA[tasks[0]](tmp, args.samples), tmp / "warmup", 2, 4, 2, stop)
     for task in tasks:
@@ -104,7 +127,9 @@ def main() -> None:
         max_new = args.max_new_tokens or make_task(task).max_new_tokens
         rates = [samples_per_second(module, task, path, tmp / f"out_{task}_{b}", b, args.samples, max_new, stop)
                  for b in sizes]
-        print(f"{task:<10} {max_new:>10} " + " ".join(f"{r:>14.1f}" for r in rates), flush=True)
+        # load: the 1-minute load average after the task's runs (on a shared machine, what else competed)
+        print(f"{task:<14} {max_new:>10} " + " ".join(f"{r:>14.1f}" for r in rates) + f" {os.getloadavg()[0]:>5.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Evaluation batching: prompts sorted by length into batches, outputs back in the data's order, KV cache
-on; predictions equal at batch 1 and batch N on every generative task (and with sorting off)."""
+on; predictions equal at batch 1 and batch N on every generative task (and with sorting off), and for the
+multiple-choice tasks also when options are scored by log-likelihood."""
 
 import pytest
 import torch
@@ -13,19 +14,29 @@ from train.data_module import image_placeholders
 from train.evaluation.decoding import Decoding, length_order, prompt_lengths, prompt_template
 from train.evaluation.runner import TASKS, evaluate_model, is_contrastive, load_task_data, make_task
 
-SAMPLES = 11  # batch 4 leaves a ragged last batch
+SAMPLES = 7  # batch 4 leaves a ragged last batch
+# every generative task generating; the multiple-choice ones (with `choices`) also scoring options
+MC_TASKS = sorted(t for t in TASK_DATA if hasattr(make_task(t), "choices"))
+CASES = [(t, "generate") for t in sorted(TASK_DATA)] + [(t, "loglik") for t in MC_TASKS]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A random tiny LLaVA with large weights (every prompt answered differently, so equal outputs
-    are not equal by accident) and each task's data."""
+    are not equal by accident) and each task's data. One thread while this module runs: the tiny
+    model's ops are too small to split, and on a shared machine a second thread waiting for its core
+    made these ~30 runs 4-40x slower (restored afterwards)."""
     root = tmp_path_factory.mktemp("batching")
     cfg = module_config(tokenizer_dir(root).parent)
     cfg["init_args"]["model"]["init_args"]["language"]["init_args"]["config"]["initializer_range"] = 0.4
     torch.manual_seed(0)
     module = build_module(cfg).eval()
-    return module, {task: write(root, SAMPLES) for task, write in TASK_DATA.items()}, root
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield module, {task: write(root, SAMPLES) for task, write in TASK_DATA.items()}, root
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_every_generative_task_has_benchmark_data():
@@ -54,17 +65,22 @@ def test_prompt_lengths_are_the_collated_row_lengths(setup):
         assert actual[0] > model.num_image_tokens  # the image's placeholders are counted
 
 
-@pytest.mark.parametrize("task", sorted(TASK_DATA))
-def test_predictions_identical_at_batch_size_1_and_n(setup, task, tmp_path):
+def test_multiple_choice_tasks_are_checked_in_both_modes():
+    assert MC_TASKS == ["mmbench", "mme", "mmmu", "mmstar", "scienceqa_img", "seed_bench"]
+
+
+@pytest.mark.parametrize("task, mc_mode", CASES)
+def test_predictions_identical_at_batch_size_1_and_n(setup, task, mc_mode, tmp_path):
     """Left padding, masks, positions and the KV cache must not leak between samples; sorting by
-    length must not change which prediction lands on which record."""
+    length must not change which prediction lands on which record; nor, in log-likelihood mode,
+    right-padded (record, option) rows."""
     module, files, _ = setup
     runs = {}
     for bs, beams, sort in ((1, 1, True), (4, 1, True), (4, 1, False), (1, 3, True), (4, 3, True)):
-        if beams > 1 and task != "vqa":
+        if beams > 1 and (task != "vqa" or mc_mode != "generate"):
             continue  # beam search: one task is enough (and the slowest runs)
         decoding = Decoding(batch_size=bs, num_beams=beams, stop=[], max_new_tokens=4, sort_by_length=sort,
-                            prompt_suffix={task: ""})
+                            prompt_suffix={task: ""}, mc_mode=mc_mode)
         results, rows = evaluate_model(module, {task: files[task]}, tmp_path / f"{bs}_{beams}_{sort}", decoding,
                                        limit=SAMPLES)
         runs[bs, beams, sort] = results[task], rows[task]
@@ -73,14 +89,24 @@ def test_predictions_identical_at_batch_size_1_and_n(setup, task, tmp_path):
         if (1, beams, True) not in runs:
             continue
         metrics, rows = runs[1, beams, True]
-        assert len(rows) == SAMPLES
+        assert len(rows) == len(data.records) >= SAMPLES  # MMBench: every rotation of each question
         assert [r["id"] for r in rows] == [r["id"] for r in data.records]  # the data's order, not the batches'
         preds = [r["prediction"] for r in rows]
-        assert len(set(preds)) >= 3, preds
+        scores = option_scores(rows)
+        if mc_mode == "generate":
+            assert len(set(preds)) >= 2, preds  # captions: one prompt, answers differ by image only
+        else:  # the picks may all be one label (MME: "No" throughout); the scores they come from differ
+            assert len({round(v, 3) for v in scores}) >= 4, scores
         for key in [(4, beams, True), (4, beams, False)]:
             if key in runs:
                 assert [r["prediction"] for r in runs[key][1]] == preds, key
                 assert runs[key][0] == metrics
+                assert option_scores(runs[key][1]) == pytest.approx(scores, rel=1e-4, abs=1e-4)
+
+
+def option_scores(rows: list[dict]) -> list[float]:
+    """Every option's summed log-probability, in row order (`--mc-mode loglik` responses; none when generating)."""
+    return [v for r in rows if isinstance(r["resps"][0][0], list) for v in r["resps"][0][0]]
 
 
 def test_kv_cached_decoding_equals_uncached(setup):
