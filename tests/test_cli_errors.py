@@ -19,7 +19,9 @@ from train.fit_errors import condense
     (["import", "--format", "hf-llava", "--src", "{t}/none", "--out", "{t}/i"],
      "{t}/none is not a transformers LLaVA directory (no config.json)"),
     (["eval", "--tasks", "vqa2", "--out", "{t}/e"],
-     "unknown eval task 'vqa2'; choose from ['caption', 'pope', 'retrieval', 'vqa', 'zeroshot']"),
+     "unknown eval task 'vqa2'; choose from ['caption', 'chair', 'coco_caption', 'flickr30k', 'gqa', 'mmbench', "
+     "'mme', 'mmmu', 'mmstar', 'nocaps', 'okvqa', 'pope', 'retrieval', 'scienceqa_img', 'seed_bench', 'textvqa', "
+     "'vizwiz', 'vqa', 'vqav2', 'zeroshot']"),
     (["data", "coco-captions", "--captions", "{t}/none.json", "--out", "{t}/c.jsonl"], "file not found: {t}/none.json"),
     (["curate", "--config", "{t}/none.yaml", "--in", "{t}/a", "--out", "{t}/b"],
      "no such file or directory: {t}/none.yaml"),
