@@ -128,6 +128,11 @@ def run_lightning_cli(args: list[str] | None) -> None:
     inherited = os.environ.get(ENV)
     try:
         _cli(args)
+        if torch.distributed.is_initialized():
+            # Lightning leaves the group up for a later fit in the same process; a run that ends here
+            # closes it, or gloo's threads can abort the process at exit ("terminate called without
+            # an active exception") after a run that succeeded
+            torch.distributed.destroy_process_group()
     finally:  # the folder is for this run's ranks, not for the next command in this process
         if inherited is None:
             os.environ.pop(ENV, None)
