@@ -194,7 +194,7 @@ class LanguageModel(nn.Module):
         )
         if bnb_config is not None and on_meta():
             raise ValueError("LanguageModel: a quantized LM cannot be built on the meta device; train it "
-                             "with train.strategies.FSDP(init_on_rank0: false) or without FSDP")
+                             "with train.strategies.FSDP(init_on_rank0: false), the default, or without FSDP")
         if name_or_path is not None and on_meta():  # the architecture only: rank 0 broadcasts the weights
             hf_config = _load_offline(AutoConfig.from_pretrained, name_or_path, "language model config", **hub)
             hf_config._attn_implementation = attn_implementation

@@ -69,8 +69,9 @@ def test_materialize_keeps_tied_weights_tied():
 
 
 @pytest.mark.parametrize("rank, strategy, expected", [
-    ("1", {"class_path": "train.strategies.FSDP"}, True),
-    ("0", {"class_path": "train.strategies.FSDP"}, False),
+    ("1", {"class_path": "train.strategies.FSDP", "init_args": {"init_on_rank0": True}}, True),
+    ("0", {"class_path": "train.strategies.FSDP", "init_args": {"init_on_rank0": True}}, False),
+    ("1", {"class_path": "train.strategies.FSDP"}, False),  # opt-in
     ("1", {"class_path": "train.strategies.FSDP", "init_args": {"init_on_rank0": False}}, False),
     ("1", {"class_path": "lightning.pytorch.strategies.DDPStrategy"}, False),
     ("1", "ddp", False),
@@ -104,6 +105,7 @@ class RecordStart(L.Callback):
             "local": sum(p.numel() for p in pl_module.parameters())}))
 
 
+@pytest.mark.slow  # about one run in six aborts at process exit after training (a known defect, see FSDP)
 def test_two_process_fsdp_builds_on_meta_and_trains_from_rank0_weights(tmp_path, dirs):
     """Rank 1 builds nothing but shapes (0 bytes of weights), rank 0 loads the pretrained LM and tower;
     once wrapped, both ranks' shards hold rank 0's values: the full weights gathered on either rank
@@ -117,7 +119,7 @@ def test_two_process_fsdp_builds_on_meta_and_trains_from_rank0_weights(tmp_path,
     model["vision"] = {"class_path": "models.vision.HFVision",
                        "init_args": {"name_or_path": str(clip_dir), "select_layer": -1}}
     cfg["trainer"].update({"devices": 2, "limit_val_batches": 0, "enable_checkpointing": False,
-                           "strategy": {"class_path": "train.strategies.FSDP"},
+                           "strategy": {"class_path": "train.strategies.FSDP", "init_args": {"init_on_rank0": True}},
                            "callbacks": [{"class_path": "tests.test_meta_init.RecordStart",
                                           "init_args": {"out_dir": str(tmp_path)}}]})
     launch_fit(cfg, tmp_path / "meta.yaml")
