@@ -93,7 +93,19 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
     loader = DataLoader(dataset, batch_size=decoding.batch_size, sampler=order, num_workers=num_workers,
                         collate_fn=Collator(tok.pad_token_id, left_pad=True, placeholders=placeholders))
     predictions: list[str | None] = [None] * len(records)
-    device = next(model.parameters()).device
+    stop_kwargs = {"stop_strings": list(decoding.stop), "tokenizer": tok} if decoding.stop else {}
+    for batch, ids, mask, pixels in device_batches(module, loader):
+        out = model.generate(ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=decoding.num_beams,
+                             use_cache=True, **stop_kwargs)
+        for meta, text in zip(batch["meta"], tok.batch_decode(out, skip_special_tokens=True)):
+            predictions[meta["index"]] = text
+    return predictions
+
+
+def device_batches(module, loader):
+    """Each usable batch of `loader` (one whose images all failed has no ids) with its ids, mask and
+    pixels on the model's device; the module is in eval mode meanwhile and set back afterwards."""
+    device = next(module.model.parameters()).device
     was_training = module.training
     module.eval()
     try:
@@ -101,13 +113,6 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
             if "input_ids" not in batch:
                 continue
             pixels = batch["pixel_values"].to(device) if batch["pixel_values"] is not None else None
-            stop_kwargs = {"stop_strings": list(decoding.stop), "tokenizer": tok} if decoding.stop else {}
-            out = model.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
-                                 max_new_tokens=max_new_tokens, num_beams=decoding.num_beams, use_cache=True,
-                                 **stop_kwargs)
-            texts = tok.batch_decode(out, skip_special_tokens=True)
-            for meta, text in zip(batch["meta"], texts):
-                predictions[meta["index"]] = text
+            yield batch, batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels
     finally:
         module.train(was_training)
-    return predictions

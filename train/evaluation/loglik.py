@@ -21,7 +21,7 @@ from data.conversation_dataset import PromptDataset
 from data.tokenize import IGNORE_INDEX
 from models.losses import summed_label_logprobs
 from train.data_module import image_placeholders
-from train.evaluation.decoding import Decoding, cut_at_stop, generate_predictions, prompt_template
+from train.evaluation.decoding import Decoding, cut_at_stop, device_batches, generate_predictions, prompt_template
 
 MC_MODES = ("generate", "loglik")
 
@@ -75,20 +75,11 @@ def option_logprobs(module, records: list[dict], root: str | Path, prompts: list
     loader = DataLoader(OptionDataset(base, items), batch_size=decoding.batch_size, shuffle=False,
                         collate_fn=Collator(tok.pad_token_id, left_pad=False, placeholders=image_placeholders(model)))
     scores: list[float | None] = [None] * len(items)
-    device = next(model.parameters()).device
-    was_training = module.training
-    module.eval()
-    try:
-        for batch in loader:
-            if "input_ids" not in batch:
-                continue
-            pixels = batch["pixel_values"].to(device) if batch["pixel_values"] is not None else None
-            logits, _ = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels)
-            values = summed_label_logprobs(logits.float(), batch["labels"].to(device)).tolist()
-            for meta, value in zip(batch["meta"], values):
-                scores[meta["item"]] = value
-    finally:
-        module.train(was_training)
+    for batch, ids, mask, pixels in device_batches(module, loader):
+        logits, _ = model(ids, mask, pixels)  # summed_label_logprobs upcasts a chunk of positions at a time
+        values = summed_label_logprobs(logits, batch["labels"].to(ids.device)).tolist()
+        for meta, value in zip(batch["meta"], values):
+            scores[meta["item"]] = value
     out: list[list[float] | None] = [None if not c else [] for c in choices]
     for owner, value in zip(owners, scores):
         if value is None:
