@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import gc
 import importlib
 import inspect
 import os
@@ -127,17 +129,29 @@ class ChimeraCLI(LightningCLI):
 def run_lightning_cli(args: list[str] | None) -> None:
     inherited = os.environ.get(ENV)
     try:
-        _cli(args)
-        if torch.distributed.is_initialized():
-            # Lightning leaves the group up for a later fit in the same process; a run that ends here
-            # closes it, or gloo's threads can abort the process at exit ("terminate called without
-            # an active exception") after a run that succeeded
-            torch.distributed.destroy_process_group()
+        # jsonargparse leaves context variables set (a parser whose instantiators hold the CLI, hence the
+        # trainer and the model); in a context of its own, the run's objects die with it
+        contextvars.copy_context().run(_cli, args)
+        close_process_group()
     finally:  # the folder is for this run's ranks, not for the next command in this process
         if inherited is None:
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = inherited
+
+
+def close_process_group() -> None:
+    """Close the process group once nothing holds it, so its worker threads are joined now.
+
+    A gloo worker frees each finished collective's tensors itself, and that can need the GIL. Left
+    alive until the interpreter exits (the FSDP modules, the trainer and the strategy hold the group
+    in reference cycles), a worker that wants the GIL while Python finalises aborts a run that
+    succeeded ("terminate called without an active exception"). Collected first, the group's last
+    reference goes with `destroy_process_group`, whose destructor waits for the workers."""
+    if not torch.distributed.is_initialized():
+        return
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 def _cli(args: list[str] | None) -> None:
