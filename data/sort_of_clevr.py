@@ -19,6 +19,18 @@ contrastive `clip` stage. The caption lists every object, in `COLORS` order, wit
 shape and coarse position, the same halves the non-relational questions ask about, e.g.
 "red circle top left, green square bottom right, ...". Captions use no randomness, so the
 images and questions are identical with and without shards.
+
+Rendering styles (`RenderStyle`, named in `STYLES`): the same scene can be drawn with a
+smaller object (half-size 4 instead of 5), antialiased edges (each pixel the area average of
+4x4 point samples, so edge pixels blend with the white background) and per-pixel Gaussian
+colour noise. `paper` is the rendering above, pixel for pixel; the others are held-out
+renderings for testing whether a model that knows shapes still counts them. With `augment`,
+every training image gets its own style drawn by `sample_style`. Rendering randomness (the
+augmented styles and the noise) comes from its own streams (`render-train`, `render-val`), so
+scenes, questions, answers and the tokenizer are identical whatever the styles: only pixels change.
+Hard edges sample each pixel at its centre (a circle of radius 5 covers 81 pixels, a square
+11x11 = 121); antialiased edges average the same continuous shapes, whose areas are pi*r^2 and
+(2r)^2, a ratio of pi/4.
 """
 
 from __future__ import annotations
@@ -55,14 +67,19 @@ __all__ = [
     "QUESTION_TYPES",
     "RELATIONAL",
     "SHAPES",
+    "STYLES",
     "Obj",
+    "RenderStyle",
     "Scene",
     "answer",
     "ask",
     "caption",
+    "coverage",
     "render",
     "sample_scene",
+    "sample_style",
     "scene_json",
+    "style_named",
     "write_sort_of_clevr",
 ]
 
@@ -90,7 +107,60 @@ TEMPLATES = {
     "count": "How many objects have the same shape as the {c} object?",
 }
 
-_YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+SUPERSAMPLE = 4  # antialiased edges: SUPERSAMPLE x SUPERSAMPLE point samples per pixel, averaged
+
+
+@dataclass(frozen=True)
+class RenderStyle:
+    """How a scene becomes pixels; scenes and answers never depend on it.
+
+    `object_size` is the drawn half-size (4 or 5: the overlap rule at 2 * OBJECT_SIZE then keeps
+    every object's pixels apart); `antialias` area-averages the edges; `color_noise` is the std
+    of per-pixel, per-channel Gaussian noise in 0..255 units (rounded, clipped to uint8).
+    """
+
+    object_size: int = OBJECT_SIZE
+    antialias: bool = False
+    color_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.object_size, bool) or self.object_size not in (4, 5):
+            raise ValueError(f"object_size must be 4 or 5, got {self.object_size!r}")
+        if not isinstance(self.antialias, bool):
+            raise ValueError(f"antialias must be true or false, got {self.antialias!r}")
+        if isinstance(self.color_noise, bool) or not isinstance(self.color_noise, (int, float)) or not (
+            0.0 <= self.color_noise <= 255.0
+        ):
+            raise ValueError(f"color_noise must be a number in [0, 255], got {self.color_noise!r}")
+
+    def to_json(self) -> dict:
+        return {"object_size": self.object_size, "antialias": self.antialias, "color_noise": float(self.color_noise)}
+
+
+STYLES: dict[str, RenderStyle] = {
+    "paper": RenderStyle(),  # the generator's rendering: size 5, hard edges, no noise
+    "soft": RenderStyle(object_size=4, antialias=True, color_noise=6.0),
+    "small": RenderStyle(object_size=4),
+    "antialiased": RenderStyle(antialias=True),
+    "noisy": RenderStyle(color_noise=6.0),
+}
+AUGMENT = {"object_size": [4, 5], "antialias": [False, True], "color_noise": [0.0, 8.0]}  # sample_style's ranges
+
+
+def style_named(name: str, arg: str = "style") -> RenderStyle:
+    """The named style; an unknown name is an error naming `arg`, the value and the choices."""
+    if not isinstance(name, str) or name not in STYLES:
+        raise ValueError(f"{arg} must be one of {', '.join(STYLES)}; got {name!r}")
+    return STYLES[name]
+
+
+def sample_style(rng: np.random.Generator) -> RenderStyle:
+    """An augmented training image's style: size and antialiasing each a coin flip, noise std
+    uniform in AUGMENT["color_noise"]."""
+    size = AUGMENT["object_size"][int(rng.integers(2))]
+    antialias = AUGMENT["antialias"][int(rng.integers(2))]
+    low, high = AUGMENT["color_noise"]
+    return RenderStyle(object_size=size, antialias=antialias, color_noise=float(rng.uniform(low, high)))
 
 
 @dataclass(frozen=True)
@@ -129,19 +199,40 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     return Scene(tuple(objects))
 
 
-def render(scene: Scene) -> np.ndarray:
-    """Draw the scene on white: (75, 75, 3) uint8."""
-    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 255, dtype=np.uint8)
+def coverage(shape: str, style: RenderStyle) -> np.ndarray:
+    """Fraction of each pixel of the (2s+1, 2s+1) box around a centre covered by the shape
+    (s = style.object_size): a circle of radius s or a square of half-side s, sampled at the
+    pixel centres (hard edges: 0 or 1) or averaged over SUPERSAMPLE^2 points (antialiased)."""
+    s = style.object_size
+    k = SUPERSAMPLE if style.antialias else 1
+    offsets = (np.arange(k) + 0.5) / k - 0.5  # hard edges: the pixel centre only
+    d = (np.arange(-s, s + 1)[:, None] + offsets[None, :]).reshape(-1)
+    dy, dx = d[:, None], d[None, :]
+    if shape == "circle":
+        inside = dx * dx + dy * dy <= s * s
+    elif shape == "square":
+        inside = (np.abs(dx) <= s) & (np.abs(dy) <= s)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    n = 2 * s + 1
+    return inside.reshape(n, k, n, k).mean(axis=(1, 3))
+
+
+def render(scene: Scene, style: RenderStyle = STYLES["paper"], rng: np.random.Generator | None = None) -> np.ndarray:
+    """Draw the scene on white in `style`: (75, 75, 3) uint8. `rng` draws the colour noise
+    (required when style.color_noise > 0; nothing is drawn otherwise)."""
+    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 255.0)
+    s = style.object_size
     for o in scene.objects:
-        dx, dy = _XX - o.cx, _YY - o.cy
-        if o.shape == "circle":
-            mask = dx * dx + dy * dy <= OBJECT_SIZE * OBJECT_SIZE
-        elif o.shape == "square":
-            mask = (np.abs(dx) <= OBJECT_SIZE) & (np.abs(dy) <= OBJECT_SIZE)
-        else:
-            raise ValueError(f"unknown shape {o.shape!r}")
-        img[mask] = COLORS[o.color]
-    return img
+        y0, x0 = max(o.cy - s, 0), max(o.cx - s, 0)  # a hand-placed object may leave the image: draw what is inside
+        alpha = coverage(o.shape, style)[y0 - (o.cy - s) :, x0 - (o.cx - s) :][: IMAGE_SIZE - y0, : IMAGE_SIZE - x0, None]
+        box = img[y0 : y0 + alpha.shape[0], x0 : x0 + alpha.shape[1]]
+        box[...] = box * (1.0 - alpha) + np.asarray(COLORS[o.color], dtype=float) * alpha
+    if style.color_noise > 0:
+        if rng is None:
+            raise ValueError("render needs an rng for a style with color_noise > 0")
+        img += rng.normal(0.0, style.color_noise, size=img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def answer(scene: Scene, color: str, qtype: str) -> str:
@@ -216,22 +307,28 @@ def ask(scene: Scene, rng: np.random.Generator, n_nonrel: int = 10, n_rel: int =
 
 def _write_split(
     root: Path, split: str, n_images: int, seed: int, n_q: int, shard_size: int | None = None,
-    captions: bool = False,
-) -> tuple[list[dict], list[dict], list[str]]:
-    """Render one split's images; returns (LLaVA records, flat QA rows, shard paths).
+    captions: bool = False, style: RenderStyle = STYLES["paper"], augment: bool = False,
+) -> tuple[list[dict], list[dict], list[str], list[dict]]:
+    """Render one split's images; returns (LLaVA records, flat QA rows, shard paths, per-image
+    styles (only with `augment`)).
 
     With `shard_size`, the same images (and their captions) also go into
     `shards/{split}-NNNNNN.tar`; otherwise no shards are written. With `captions`, each image's
-    question record is followed by its caption record, id `{id}-caption`.
+    question record is followed by its caption record, id `{id}-caption`. Images are drawn in
+    `style`, or with `augment` each in its own `sample_style`, from the split's render stream.
     """
     rng = stream_rng(seed, split)
-    records, rows, samples = [], [], []
+    render_rng = stream_rng(seed, f"render-{split}")
+    records, rows, samples, styles = [], [], [], []
     for i in range(n_images):
         scene = sample_scene(rng)
         qas = ask(scene, rng, n_q, n_q)
         qas = [qas[k] for k in rng.permutation(len(qas))]
         rid, rel = record_id(split, i), image_relpath(split, i)
-        png = save_png(render(scene), root / rel)
+        image_style = sample_style(render_rng) if augment else style
+        if augment:
+            styles.append({"image": rel, **image_style.to_json()})
+        png = save_png(render(scene, image_style, render_rng), root / rel)
         records.append(llava_record(rid, rel, qas))
         if captions:
             records.append(caption_record(f"{rid}-caption", rel, caption(scene)))
@@ -239,7 +336,18 @@ def _write_split(
         if shard_size is not None:
             samples.append(_shard_sample(rid, png, scene))
     shards = [] if shard_size is None else [str(p) for p in write_shards(root / "shards", split, samples, shard_size)]
-    return records, rows, shards
+    return records, rows, shards, styles
+
+
+def _rendering_params(style: str, val_style: str, augment: bool) -> dict:
+    """meta.json's record of the styles: empty for the default (paper, paper, no augment)."""
+    if (style, val_style, augment) == ("paper", "paper", False):
+        return {}
+    return {
+        "style": {"name": style, **STYLES[style].to_json()},
+        "val_style": {"name": val_style, **STYLES[val_style].to_json()},
+        "augment": AUGMENT if augment else False,
+    }
 
 
 def write_sort_of_clevr(
@@ -251,6 +359,9 @@ def write_sort_of_clevr(
     shards: bool = False,
     shard_size: int = 1000,
     captions: bool = False,
+    style: str = "paper",
+    val_style: str | None = None,
+    augment: bool = False,
 ) -> dict:
     """Write the dataset (images, LLaVA json, val_qa.jsonl, tokenizer/, meta.json) under `out`.
 
@@ -263,20 +374,33 @@ def write_sort_of_clevr(
     `questions_per_image` is per kind: each image gets that many non-relational AND
     that many relational questions. Train and val use independent random streams
     derived from `seed`, so the val set does not change with `train_images`.
+
+    Images are drawn in the named `style` (`STYLES`; val in `val_style`, default `style`). With
+    `augment`, each training image gets its own style (`sample_style`), listed in
+    train_styles.jsonl. Styles change pixels only. meta.json records style, val_style and augment
+    whenever they are not the default (paper, paper, off), so a default dataset's files stay as
+    they were before styles existed.
     """
     check_positive("train_images", train_images)
     check_positive("val_images", val_images)
     check_positive("questions_per_image", questions_per_image)
     check_positive("shard_size", shard_size)
-    for name, flag in (("shards", shards), ("captions", captions)):
+    train_render = style_named(style, "style")
+    val_style = style if val_style is None else val_style
+    val_render = style_named(val_style, "val_style")
+    for name, flag in (("shards", shards), ("captions", captions), ("augment", augment)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be true or false, got {flag!r}")
     size = shard_size if shards else None
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
 
-    train, train_rows, train_shards = _write_split(root, "train", train_images, seed, questions_per_image, size, captions)
-    val, val_rows, val_shards = _write_split(root, "val", val_images, seed, questions_per_image, size, captions)
+    train, train_rows, train_shards, train_styles = _write_split(
+        root, "train", train_images, seed, questions_per_image, size, captions, train_render, augment)
+    val, val_rows, val_shards, _ = _write_split(root, "val", val_images, seed, questions_per_image, size, captions,
+                                                val_render)
+    if augment:
+        write_jsonl(root / "train_styles.jsonl", train_styles)
     write_json(root / "train.json", train)
     write_json(root / "val.json", val)
     write_jsonl(root / "val_qa.jsonl", val_rows)
@@ -294,6 +418,7 @@ def write_sort_of_clevr(
         "templates": TEMPLATES,
         **({"shard_size": shard_size} if shards else {}),
         **({"captions": True} if captions else {}),
+        **_rendering_params(style, val_style, augment),
     }
     counts = {
         "train_images": train_images,
@@ -312,5 +437,6 @@ def write_sort_of_clevr(
         "tokenizer": str(root / "tokenizer"),
         "meta": str(root / "meta.json"),
         **({"shards": {"train": train_shards, "val": val_shards}} if shards else {}),
+        **({"train_styles": str(root / "train_styles.jsonl")} if augment else {}),
         **counts,
     }

@@ -19,7 +19,8 @@ from webdataset import TarWriter
 
 from data.templates import IMAGE_TOKEN, ChatTemplate
 
-STREAMS = ("train", "val", "probes", "preferences-train", "preferences-val", "documents-train", "documents-val")  # append only: seeds stay stable
+STREAMS = ("train", "val", "probes", "preferences-train", "preferences-val", "documents-train", "documents-val",
+           "render-train", "render-val")  # append only: seeds stay stable
 
 
 CAPTION_PROMPT = "Describe the image."  # every world's caption turn, and `chimera eval`'s caption prompt

@@ -43,6 +43,13 @@ def data_main(argv: list[str]) -> None:
     soc.add_argument("--shard-size", type=int, default=1000)
     soc.add_argument("--captions", action="store_true",
                      help="also a caption record per image (\"Describe the image.\" -> every object's colour, shape, position)")
+    soc.add_argument("--style", default="paper", metavar="NAME",
+                     help="rendering style, a name in data/sort_of_clevr.py's STYLES (a wrong name lists them); "
+                     "paper: the original generator's pixels")
+    soc.add_argument("--val-style", metavar="NAME", help="the val split's rendering style (default: --style)")
+    soc.add_argument("--augment", action="store_true",
+                     help="each training image in its own sampled style (size, antialiasing, noise: "
+                     "data/sort_of_clevr.py AUGMENT); val stays in --val-style")
     shp = sub.add_parser("shapes", help="Shapes world: captions, VQA, POPE probes, webdataset shards")
     shp.add_argument("--out", required=True)
     shp.add_argument("--train-images", type=int, default=2000)
@@ -114,7 +121,8 @@ def data_main(argv: list[str]) -> None:
         summary = write_sort_of_clevr(args.out, train_images=args.train_images, val_images=args.val_images,
                                       seed=args.seed, questions_per_image=args.questions_per_image,
                                       shards=args.shards, shard_size=args.shard_size,
-                                      captions=args.captions)
+                                      captions=args.captions, style=args.style, val_style=args.val_style,
+                                      augment=args.augment)
     else:
         from data.shapes import write_shapes
 
