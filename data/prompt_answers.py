@@ -13,9 +13,11 @@ from data.conversation_dataset import PromptDataset, image_count, image_root, re
 from data.templates import IMAGE_TOKEN, ChatTemplate
 
 
-def question_rows(records: list[dict], path: Path) -> list[dict]:
+def question_rows(records: list[dict], path: Path, types: list[str] | None = None) -> list[dict]:
     """One `{id, image, question, answer, type}` row per question: QA rows as they are, conversation
-    records split into their human/gpt pairs (the image travels with every pair)."""
+    records split into their human/gpt pairs (the image travels with every pair). `types`: keep only
+    questions of these types (e.g. leave out caption records, whose long answers an exact-match
+    reward cannot grade)."""
     rows = []
     for n, rec in enumerate(records):
         if image_count(rec) > 1:
@@ -28,16 +30,21 @@ def question_rows(records: list[dict], path: Path) -> list[dict]:
             rows.append({"id": rec.get("id", str(n)), "image": rec.get("image"), "question": rec["question"],
                          "answer": rec["answer"], "type": rec.get("type")})
             continue
-        turns, types = rec["conversations"], rec.get("types") or []
+        turns, turn_types = rec["conversations"], rec.get("types") or []
         for k in range(len(turns) // 2):
             human, gpt = turns[2 * k], turns[2 * k + 1]
             if human.get("from") != "human" or gpt.get("from") != "gpt":
                 raise ValueError(f"{path}: record {rec.get('id', n)} turn {2 * k} is not a human/gpt pair")
             question = human["value"].replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "").strip()
             rows.append({"id": f"{rec.get('id', n)}-{k}", "image": rec.get("image"), "question": question,
-                         "answer": gpt["value"], "type": types[k] if k < len(types) else rec.get("type")})
+                         "answer": gpt["value"], "type": turn_types[k] if k < len(turn_types) else rec.get("type")})
     if not rows:
         raise ValueError(f"{path}: no question with a reference answer")
+    if types is not None:
+        found = sorted({str(r["type"]) for r in rows})
+        rows = [r for r in rows if r["type"] in types]
+        if not rows:
+            raise ValueError(f"{path}: no question of types {sorted(types)} (its types: {found})")
     return rows
 
 
@@ -45,9 +52,10 @@ class PromptAnswerDataset(PromptDataset):
     """Generation prompts (no answer in the ids); `meta` holds each one's `answer` and `type`."""
 
     def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                 transform: Callable, image_folder: str | Path | None = None) -> None:
+                 transform: Callable, image_folder: str | Path | None = None,
+                 types: list[str] | None = None) -> None:
         path = Path(path)
-        rows = question_rows(read_records(path), path)
+        rows = question_rows(read_records(path), path, types)
         super().__init__(rows, image_root(path, image_folder), [r["question"] for r in rows], tokenizer, template,
                          transform, meta_keys=("id", "answer", "type"))
         self.path = path

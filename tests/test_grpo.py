@@ -102,6 +102,10 @@ def test_prompt_rows_from_conversations_and_qa(tmp_path):
         ("b", "Color?", "red", "color", "y.png")]
     with pytest.raises(ValueError, match="lacks"):
         question_rows([{"id": "c", "question": "?"}], tmp_path / "f.json")
+    kept = question_rows([conv, qa], tmp_path / "f.json", types=["count", "color"])
+    assert [r["id"] for r in kept] == ["a-1", "b"]
+    with pytest.raises(ValueError, match=r"no question of types \['caption'\] \(its types: \['color', 'count', 'shape'\]\)"):
+        question_rows([conv, qa], tmp_path / "f.json", types=["caption"])
 
 
 # ---------------------------------------------------------------- a tiny policy
