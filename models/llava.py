@@ -94,20 +94,21 @@ class LLaVA(nn.Module):
         return base if self.anyres is None else AnyResTransform(self.anyres, base)
 
     @property
-    def frame_token_count(self) -> int:
-        """LM positions of one video frame: a view's tokens, pooled `video_pool` per side of their grid."""
+    def frame_token_count(self) -> int | None:
+        """LM positions of one video frame: a view's tokens, pooled `video_pool` per side of their grid;
+        None when they are no square grid to pool (e.g. a Q-Former's queries with video_pool > 1)."""
         if self.video_pool == 1:
             return self.num_image_tokens
         side = math.isqrt(self.num_image_tokens)
-        if side * side != self.num_image_tokens:
-            raise ValueError(f"video_pool {self.video_pool}: frames are pooled on a square grid, but a view takes "
-                             f"{self.num_image_tokens} connector tokens; use a connector that keeps the patch grid "
-                             f"(e.g. mlp2x_gelu) or video_pool: 1")
-        return pooled_side(side, self.video_pool, self.video_pool_mode) ** 2
+        return pooled_side(side, self.video_pool, self.video_pool_mode) ** 2 if side * side == self.num_image_tokens \
+            else None
 
-    def clip_transform(self, train: bool = False) -> ClipTransform:
+    def clip_transform(self, train: bool = False) -> ClipTransform | None:
         """Video frames (PIL images) -> a `VideoClip`: each frame by the tower's square transform (base
-        resolution also with any-resolution, as OneVision reads video), and the clip's LM width."""
+        resolution also with any-resolution, as OneVision reads video), and the clip's LM width;
+        None when this model reads no clips (`frame_token_count`)."""
+        if self.frame_token_count is None:
+            return None
         return ClipTransform(self.vision.transform(train=train), self.frame_token_count)
 
     def image_token_count(self, size: Size | None = None) -> int:
@@ -129,6 +130,9 @@ class LLaVA(nn.Module):
         spans = []
         for frames in clip_frames:
             if frames:
+                if self.frame_token_count is None:
+                    raise ValueError(f"video_pool {self.video_pool} pools frames on a square grid, but a view takes "
+                                     f"{self.num_image_tokens} connector tokens: use video_pool: 1")
                 spans.append((frames, frames * self.frame_token_count))
             elif self.anyres is None:
                 spans.append((1, self.num_image_tokens))
