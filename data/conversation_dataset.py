@@ -148,8 +148,9 @@ def check_image_placeholders(records: list[dict], path: Path, video: bool = True
         if not isinstance(rec["video"], list) or not rec["video"]:
             raise ValueError(f"{path}: record {name}: `video` must be a non-empty list of frame paths")
         if not video:
-            raise ValueError(f"{path}: record {name} has a video, but this model reads no video clips (a LLaVA "
-                             f"does when its connector keeps a square token grid, or with video_pool: 1)")
+            raise ValueError(f"{path}: record {name} has a video, which this reader does not take (LLaVA models read "
+                             f"clips in conversation and QA data when their connector keeps a square token grid, "
+                             f"or with video_pool: 1)")
     bad = []
     for n, rec in enumerate(records):
         placeholders = placeholder_count(rec)

@@ -44,10 +44,11 @@ def conversation_rows(rec: dict, n: int, path: Path) -> list[dict]:
     return rows
 
 
-def question_rows(records: list[dict], path: Path) -> list[dict]:
+def question_rows(records: list[dict], path: Path, video: bool = True) -> list[dict]:
     """One `{id, image, question, answer, type}` row per question (`video` instead of `image` for a
-    clip): QA rows as they are, conversation records split into their human/gpt pairs."""
-    check_image_placeholders(records, path)
+    clip): QA rows as they are, conversation records split into their human/gpt pairs. `video`:
+    whether the model reads clips (`check_image_placeholders`)."""
+    check_image_placeholders(records, path, video=video)
     rows = []
     for n, rec in enumerate(records):
         if "conversations" in rec:
@@ -70,7 +71,7 @@ class PromptAnswerDataset(PromptDataset):
                  transform: Callable, image_folder: str | Path | None = None,
                  clip_transform: Callable | None = None) -> None:
         path = Path(path)
-        rows = question_rows(read_records(path), path)
+        rows = question_rows(read_records(path), path, video=clip_transform is not None)
         super().__init__(rows, image_root(path, image_folder), [r["question"] for r in rows], tokenizer, template,
                          transform, meta_keys=("id", "answer", "type"), clip_transform=clip_transform)
         self.path = path

@@ -256,7 +256,7 @@ def test_video_records_fail_at_construction_when_malformed_or_unreadable_by_the_
     with pytest.raises(ValueError, match=r"left \(2 <image>, 1 video\)"):
         dataset(model, tmp_path, [two])
     (tmp_path / "train.json").write_text(json.dumps([clip_record(tmp_path)]))
-    with pytest.raises(ValueError, match="reads no video clips"):
+    with pytest.raises(ValueError, match="left has a video, which this reader does not take"):
         ConversationDataset(tmp_path / "train.json", model.tokenizer, ChatTemplate(), model.image_transform())
 
 
