@@ -190,8 +190,8 @@ class LLaVA(nn.Module):
         if self.anyres is not None or clip_frames is not None:
             of = f"{widths} tokens" + (" (any-resolution)" if self.anyres is not None else "")
         if image_positions.shape[0] != sum(widths):
-            raise ValueError(f"the batch has {image_positions.shape[0]} <image> placeholders for {len(spans)} images of "
-                             f"{of}: collate with this model's image_placeholders")
+            raise ValueError(f"the batch has {image_positions.shape[0]} <image> placeholders for {len(spans)} images "
+                             f"of {of}: collate with this model's image_placeholders")
         if pixel_values is None:
             return text
         images = self.image_embeddings(pixel_values, image_sizes, clip_frames).to(text.dtype)

@@ -146,7 +146,8 @@ def test_qa_rows_take_a_list_of_images(model, tmp_path):
     expected = tokenize_prompt(f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\n{rows[0]['question']}", model.tokenizer, ChatTemplate())
     assert first["input_ids"].tolist() == expected
     assert placed["input_ids"].tolist() == tokenize_prompt(QUESTION, model.tokenizer, ChatTemplate())
-    batch = Collator(model.tokenizer.pad_token_id, left_pad=True, placeholders=model.image_placeholders)([first, placed])
+    collate = Collator(model.tokenizer.pad_token_id, left_pad=True, placeholders=model.image_placeholders)
+    batch = collate([first, placed])
     out = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=2)
     assert out.shape == (2, 2)
     assert batch["meta"][0]["image"] == ["red.png", "blue.png"]
@@ -175,7 +176,8 @@ def test_grpo_prompts_take_every_image_their_question_has_seen(model, tmp_path):
     data = PromptAnswerDataset(path, model.tokenizer, ChatTemplate(), model.image_transform())
     image_id = model.language.image_token_id
     assert [int((data[i]["input_ids"] == image_id).sum()) for i in range(3)] == [2, 3, 3]
-    torch.testing.assert_close(data[1]["pixel_values"][2], model.image_transform()(PIL.Image.open(tmp_path / "green.png")))
+    green = model.image_transform()(PIL.Image.open(tmp_path / "green.png"))
+    torch.testing.assert_close(data[1]["pixel_values"][2], green)
 
 
 def test_single_image_grpo_prompts_are_the_ids_they_were(model, tmp_path):
@@ -187,3 +189,16 @@ def test_single_image_grpo_prompts_are_the_ids_they_were(model, tmp_path):
     data = PromptAnswerDataset(path, model.tokenizer, ChatTemplate(), model.image_transform())
     for i, question in enumerate(["which image", "which has the red square"]):
         assert data[i]["input_ids"].tolist() == tokenize_prompt(question, model.tokenizer, ChatTemplate(), image=True)
+
+
+def test_turn_sampling_keeps_interleaved_images_where_the_first_pair_places_them():
+    import random
+
+    from data.conversation_dataset import sample_turns
+
+    turns = [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": "the first"},
+             {"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1"},
+             {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]
+    outs = {tuple(t["value"] for t in sample_turns(turns, 2, random.Random(s))) for s in range(30)}
+    assert outs == {(QUESTION, "the first", "q1", "a1"), (QUESTION, "the first", "q2", "a2"),
+                    ("<image>\n<image>\nq1", "a1", "q2", "a2")}  # pair 0 left out: both images move first

@@ -14,7 +14,7 @@ import PIL.ImageDraw
 import pytest
 import torch
 
-from data.collate import Collator, Dropped
+from data.collate import Collator, Dropped, Unreadable
 from data.conversation_dataset import ConversationDataset, QADataset
 from data.packing import PackingCollator
 from data.templates import ChatTemplate
@@ -288,3 +288,10 @@ def test_a_clip_record_with_an_image_free_turn_trains_and_validates(tok, model, 
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(before[n], p) for n, p in trained.connector.named_parameters())
     assert [r["val/acc_direction"] for r in rows if r.get("val/acc_direction")]  # the clip question was answered
+
+
+def test_a_missing_frame_skips_the_sample_naming_the_frame(model, tmp_path):
+    record = clip_record(tmp_path)
+    (tmp_path / record["video"][1]).unlink()
+    item = dataset(model, tmp_path, [record])[0]
+    assert isinstance(item, Unreadable) and item.path == str(tmp_path / "left" / "1.png")
