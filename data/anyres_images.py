@@ -18,6 +18,7 @@ import torchvision.transforms.functional as TF
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from data.video_frames import VideoClip
 from models.anyres import AnyResLayout, Size, fitted_size
 from models.image_transform import ImageTransform
 
@@ -65,10 +66,15 @@ class AnyResTransform:
 
 
 def image_fields(images: list) -> dict:
-    """A sample's image entries from its transformed images: `pixel_values` (square tensors stacked,
-    any-resolution views concatenated), and for any-resolution `image_sizes` and `image_widths`."""
+    """A sample's media entries from its transformed media: `pixel_values` (square tensors stacked,
+    any-resolution views or a clip's frames concatenated), for any-resolution `image_sizes`, and
+    `image_widths` (LM positions per `<image>`) where they are not the model's one fixed width;
+    a video clip (`data.video_frames`, one per sample) adds `clip_frames`, its frame count."""
     if not images:
         return {"pixel_values": None}
+    if isinstance(images[0], VideoClip):
+        (clip,) = images
+        return {"pixel_values": clip.frames, "image_widths": [clip.num_tokens], "clip_frames": [clip.frames.shape[0]]}
     if not isinstance(images[0], AnyResImage):
         return {"pixel_values": torch.stack(images)}
     return {"pixel_values": torch.cat([im.views for im in images]), "image_sizes": [im.size for im in images],

@@ -61,6 +61,22 @@ def image_sizes(items: list[dict]) -> dict:
     return {"image_sizes": [size for it in items for size in it.get("image_sizes", ())]}
 
 
+def clip_frames(items: list[dict]) -> dict:
+    """`clip_frames`: one host int per `<image>` of the items in order, the frames of the video clip
+    it stands for, 0 for an image (the model pools a clip's frames and not an image's views); nothing
+    when no item has a clip, so image-only batches are as before."""
+    if not any("clip_frames" in it for it in items):
+        return {}
+    return {"clip_frames": [n for it in items for n in it.get("clip_frames") or [0] * images_of(it)]}
+
+
+def images_of(item: dict) -> int:
+    """How many images an item without a clip holds: one per size with any-resolution, else one per view."""
+    if "image_sizes" in item:
+        return len(item["image_sizes"])
+    return 0 if item["pixel_values"] is None else item["pixel_values"].shape[0]
+
+
 def count_targets(labels: Tensor) -> int:
     """How many positions the next-token loss averages over (labels after the first, not -100):
     counted here, on the host, so the training step weights by it without a device sync."""
@@ -104,6 +120,7 @@ class Collator:
         pixels = [it["pixel_values"] for it in good if it["pixel_values"] is not None]
         batch["pixel_values"] = torch.cat(pixels) if pixels else None
         batch.update(image_sizes(good))
+        batch.update(clip_frames(good))
         if "meta" in good[0]:
             batch["meta"] = [it["meta"] for it in good]
         return batch

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from data.collate import count_targets, image_sizes, pad_rows, usable, widened
+from data.collate import clip_frames, count_targets, image_sizes, pad_rows, usable, widened
 from data.image_placeholders import ImagePlaceholders
 from data.tokenize import IGNORE_INDEX
 
@@ -36,7 +36,8 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 class PackingCollator:
     """Training batches of packed rows: `input_ids`, `labels`, `attention_mask`, `segment_ids`,
-    `image_positions`, `pixel_values` in the order the rows mention their images."""
+    `image_positions`, `pixel_values` in the order the rows mention their images (and their
+    `image_sizes` and `clip_frames`, as `data.collate` gives them)."""
 
     def __init__(self, pad_token_id: int, placeholders: ImagePlaceholders, max_length: int) -> None:
         if max_length < 1:
@@ -68,4 +69,5 @@ class PackingCollator:
         batch["segment_ids"] = pad_rows(segments, -1, left=False)
         batch["pixel_values"] = torch.cat(pixels) if pixels else None
         batch.update(image_sizes(in_order))
+        batch.update(clip_frames(in_order))
         return batch

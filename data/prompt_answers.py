@@ -9,35 +9,57 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from data.conversation_dataset import PromptDataset, image_count, image_root, read_records
+from data.conversation_dataset import (PromptDataset, check_image_placeholders, image_root, media_count, media_paths,
+                                       placeholder_count, read_records)
 from data.templates import IMAGE_TOKEN, ChatTemplate
 
 
-def question_rows(records: list[dict], path: Path, types: list[str] | None = None) -> list[dict]:
-    """One `{id, image, question, answer, type}` row per question: QA rows as they are, conversation
-    records split into their human/gpt pairs (the image travels with every pair). `types`: keep only
-    questions of these types (e.g. leave out caption records, whose long answers an exact-match
-    reward cannot grade)."""
+def media_seen(record: dict, seen: int) -> dict:
+    """The record's media a prompt that has seen `seen` of its `<image>` placeholders reads: the
+    first `seen` images (the record's own value when it is all of them), or its video."""
+    if "video" in record:
+        return {"video": record["video"]} if seen else {"image": None}
+    image = record.get("image")
+    if seen == media_count(record):
+        return {"image": image}
+    return {"image": media_paths(record)[:seen]}
+
+
+def conversation_rows(rec: dict, n: int, path: Path) -> list[dict]:
+    """One row per human/gpt pair. A question keeps its own `<image>`s where it places them, and the
+    images earlier turns placed (all of them when the text places none) go before it, so each prompt
+    reads every image its question has seen, in order."""
+    turns, types = rec["conversations"], rec.get("types") or []
+    placed = placeholder_count(rec)
+    seen = 0 if placed else media_count(rec)
+    rows = []
+    for k in range(len(turns) // 2):
+        human, gpt = turns[2 * k], turns[2 * k + 1]
+        if human.get("from") != "human" or gpt.get("from") != "gpt":
+            raise ValueError(f"{path}: record {rec.get('id', n)} turn {2 * k} is not a human/gpt pair")
+        question = (IMAGE_TOKEN + "\n") * seen + human["value"].strip()
+        seen += human["value"].count(IMAGE_TOKEN)
+        rows.append({"id": f"{rec.get('id', n)}-{k}", **media_seen(rec, seen), "question": question,
+                     "answer": gpt["value"], "type": types[k] if k < len(types) else rec.get("type")})
+    return rows
+
+
+def question_rows(records: list[dict], path: Path, video: bool = True, types: list[str] | None = None) -> list[dict]:
+    """One `{id, image, question, answer, type}` row per question (`video` instead of `image` for a
+    clip): QA rows as they are, conversation records split into their human/gpt pairs. `video`:
+    whether the model reads clips (`check_image_placeholders`). `types`: keep only questions of these
+    types (e.g. leave out caption records, whose long answers an exact-match reward cannot grade)."""
+    check_image_placeholders(records, path, video=video)
     rows = []
     for n, rec in enumerate(records):
-        if image_count(rec) > 1:
-            raise ValueError(f"{path}: record {rec.get('id', n)} has {image_count(rec)} images; "
-                             "prompts take at most one")
-        if "conversations" not in rec:
-            missing = {"question", "answer"} - rec.keys()
-            if missing:
-                raise ValueError(f"{path}: record {n} lacks {sorted(missing)} (nor has it `conversations`)")
-            rows.append({"id": rec.get("id", str(n)), "image": rec.get("image"), "question": rec["question"],
-                         "answer": rec["answer"], "type": rec.get("type")})
+        if "conversations" in rec:
+            rows += conversation_rows(rec, n, path)
             continue
-        turns, turn_types = rec["conversations"], rec.get("types") or []
-        for k in range(len(turns) // 2):
-            human, gpt = turns[2 * k], turns[2 * k + 1]
-            if human.get("from") != "human" or gpt.get("from") != "gpt":
-                raise ValueError(f"{path}: record {rec.get('id', n)} turn {2 * k} is not a human/gpt pair")
-            question = human["value"].replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "").strip()
-            rows.append({"id": f"{rec.get('id', n)}-{k}", "image": rec.get("image"), "question": question,
-                         "answer": gpt["value"], "type": turn_types[k] if k < len(turn_types) else rec.get("type")})
+        missing = {"question", "answer"} - rec.keys()
+        if missing:
+            raise ValueError(f"{path}: record {n} lacks {sorted(missing)} (nor has it `conversations`)")
+        rows.append({"id": rec.get("id", str(n)), **media_seen(rec, media_count(rec)), "question": rec["question"],
+                     "answer": rec["answer"], "type": rec.get("type")})
     if not rows:
         raise ValueError(f"{path}: no question with a reference answer")
     if types is not None:
@@ -53,11 +75,11 @@ class PromptAnswerDataset(PromptDataset):
 
     def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                  transform: Callable, image_folder: str | Path | None = None,
-                 types: list[str] | None = None) -> None:
+                 clip_transform: Callable | None = None, types: list[str] | None = None) -> None:
         path = Path(path)
-        rows = question_rows(read_records(path), path, types)
+        rows = question_rows(read_records(path), path, video=clip_transform is not None, types=types)
         super().__init__(rows, image_root(path, image_folder), [r["question"] for r in rows], tokenizer, template,
-                         transform, meta_keys=("id", "answer", "type"))
+                         transform, meta_keys=("id", "answer", "type"), clip_transform=clip_transform)
         self.path = path
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | None:

@@ -36,6 +36,13 @@ SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN]
 HUMAN_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
 
+
+def with_image_placeholders(text: str, images: int) -> str:
+    """`text` as it is when it places its own `<image>`s, else with one `<image>` line per image
+    before it (LLaVA's convention for records that do not say where their images go)."""
+    return text if IMAGE_TOKEN in text else (IMAGE_TOKEN + "\n") * images + text
+
+
 LLAVA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -137,7 +144,7 @@ class ChatTemplate:
     def prompt_text(self, question: str, image: bool = True,
                     tokenizer: PreTrainedTokenizerBase | None = None) -> list[Segment]:
         """Single-turn generation prompt for a question (with `<image>` first when `image`)."""
-        value = f"{IMAGE_TOKEN}\n{question}" if image and IMAGE_TOKEN not in question else question
+        value = with_image_placeholders(question, int(image))
         return self.segments([{"from": "human", "value": value}], add_generation_prompt=True, tokenizer=tokenizer)
 
     def render(self, conversations: list[dict], tokenizer: PreTrainedTokenizerBase | None = None) -> str:

@@ -15,11 +15,13 @@ from torch import Tensor, nn
 
 from data.anyres_images import AnyResTransform
 from data.image_placeholders import ImagePlaceholders
+from data.video_frames import ClipTransform
 from models.anyres import AnyResLayout, ImageNewline, Size
 from models.connectors import Connector, MLPConnector
 from models.language import LanguageModel
 from models.losses import chunked_next_token_loss, next_token_loss, summed_label_logprobs
 from models.sample_attention import sample_causal_mask, segment_positions
+from models.video_pool import POOL_MODES, PoolMode, pool_frames, pooled_side
 from models.vision import VisionEncoder, encode_without_frozen_graph
 
 
@@ -36,6 +38,11 @@ class LLaVA(nn.Module):
     canvases, multiples of the tower's side; each image is then a base view plus tiles and takes
     a number of LM positions that depends on its size (`image_token_count`). `anyres_max_tiles`:
     OneVision's `anyres_max_N`. Without pinpoints this is LLaVA-1.5: one view, fixed width.
+
+    Several `<image>` per sample are read in order, one image each; an `<image>` may stand for a
+    video clip instead (`clip_frames`): its frames go through the tower at base resolution and each
+    frame's feature grid is pooled `video_pool` per side (`video_pool_mode`, `models.video_pool`;
+    1: none), as LLaVA-OneVision does, and the frames' tokens are written in order.
     """
 
     def __init__(
@@ -46,6 +53,8 @@ class LLaVA(nn.Module):
         loss_chunk_size: int | None = None,
         image_grid_pinpoints: list[tuple[int, int]] | None = None,
         anyres_max_tiles: int | None = None,
+        video_pool: int = 2,
+        video_pool_mode: PoolMode = "bilinear",
     ) -> None:
         super().__init__()
         self.vision = vision
@@ -58,6 +67,11 @@ class LLaVA(nn.Module):
             self.image_newline = ImageNewline(language.hidden_size)
         elif anyres_max_tiles is not None:
             raise ValueError("anyres_max_tiles needs image_grid_pinpoints (any-resolution is off without them)")
+        if video_pool < 1:
+            raise ValueError(f"video_pool must be >= 1 (1: frames are not pooled), got {video_pool}")
+        if video_pool_mode not in POOL_MODES:
+            raise ValueError(f"video_pool_mode {video_pool_mode!r} unknown; choose one of {list(POOL_MODES)}")
+        self.video_pool, self.video_pool_mode = video_pool, video_pool_mode
 
     @property
     def tokenizer(self):
@@ -79,6 +93,24 @@ class LLaVA(nn.Module):
         base = self.vision.transform(train=train)
         return base if self.anyres is None else AnyResTransform(self.anyres, base)
 
+    @property
+    def frame_token_count(self) -> int | None:
+        """LM positions of one video frame: a view's tokens, pooled `video_pool` per side of their grid;
+        None when they are no square grid to pool (e.g. a Q-Former's queries with video_pool > 1)."""
+        if self.video_pool == 1:
+            return self.num_image_tokens
+        side = math.isqrt(self.num_image_tokens)
+        return pooled_side(side, self.video_pool, self.video_pool_mode) ** 2 if side * side == self.num_image_tokens \
+            else None
+
+    def clip_transform(self, train: bool = False) -> ClipTransform | None:
+        """Video frames (PIL images) -> a `VideoClip`: each frame by the tower's square transform (base
+        resolution also with any-resolution, as OneVision reads video), and the clip's LM width;
+        None when this model reads no clips (`frame_token_count`)."""
+        if self.frame_token_count is None:
+            return None
+        return ClipTransform(self.vision.transform(train=train), self.frame_token_count)
+
     def image_token_count(self, size: Size | None = None) -> int:
         """LM positions one image takes: fixed, or with any-resolution from its (height, width)."""
         if self.anyres is None:
@@ -87,61 +119,94 @@ class LLaVA(nn.Module):
             raise ValueError(NEEDS_SIZES)
         return self.anyres.num_tokens(size)
 
+    def media_spans(self, views: int, image_sizes: list[Size] | None = None,
+                    clip_frames: list[int] | None = None) -> list[tuple[int, int]]:
+        """(tower views, LM positions) of each `<image>` of a batch of `views` views, in reading order,
+        from host values only: an image (one view, or with any-resolution its base and tiles) or a
+        clip of `clip_frames[k]` frames (0: an image)."""
+        if clip_frames is None:
+            clip_frames = [0] * (views if self.anyres is None else len(image_sizes or [None]))
+        sizes = iter(image_sizes or ())
+        spans = []
+        for frames in clip_frames:
+            if frames:
+                if self.frame_token_count is None:
+                    raise ValueError(f"video_pool {self.video_pool} pools frames on a square grid, but a view takes "
+                                     f"{self.num_image_tokens} connector tokens: use video_pool: 1")
+                spans.append((frames, frames * self.frame_token_count))
+            elif self.anyres is None:
+                spans.append((1, self.num_image_tokens))
+            else:
+                size = next(sizes, None)
+                if size is None:
+                    raise ValueError(NEEDS_SIZES)
+                spans.append((self.anyres.num_views(size), self.anyres.num_tokens(size)))
+        return spans
+
     def encode_images(self, pixel_values: Tensor) -> Tensor:
         """(V, 3, H, W) -> (V, M, D) LM-space features of each view; no graph through a frozen tower."""
         return self.connector(encode_without_frozen_graph(self.vision, pixel_values))
 
-    def image_embeddings(self, pixel_values: Tensor, image_sizes: list[Size] | None = None) -> Tensor:
-        """(P, D) the images' LM positions in reading order. Without any-resolution a view is an image
-        (P = V x M); with it, `image_sizes` says which views are whose and how each image's tiles
-        unpad (`AnyResLayout.pack`)."""
+    def image_embeddings(self, pixel_values: Tensor, image_sizes: list[Size] | None = None,
+                         clip_frames: list[int] | None = None) -> Tensor:
+        """(P, D) the images' and clips' LM positions in reading order. Without any-resolution or clips a
+        view is an image (P = V x M); else `media_spans` says which views are whose: an any-resolution
+        image's tiles are unpadded (`AnyResLayout.pack`), a clip's frames pooled (`models.video_pool`)."""
         features = self.encode_images(pixel_values)
-        if self.anyres is None:
+        if self.anyres is None and clip_frames is None:
             return features.flatten(0, 1)
-        if image_sizes is None:
-            raise ValueError(NEEDS_SIZES)
-        counts = [self.anyres.num_views(s) for s in image_sizes]
+        spans = self.media_spans(features.shape[0], image_sizes, clip_frames)
+        counts = [views for views, _ in spans]
         if sum(counts) != features.shape[0]:
-            raise ValueError(f"{features.shape[0]} image views for images of sizes {image_sizes}, which take "
-                             f"{counts} views (base + tiles): transform images with this model's image_transform")
-        views = features.split(counts)
-        return torch.cat([self.anyres.pack(v, s, self.image_newline.weight) for v, s in zip(views, image_sizes)])
+            raise ValueError(f"{features.shape[0]} image views for images of sizes {image_sizes} and clips of "
+                             f"{clip_frames} frames, which take {counts} views: transform images with this "
+                             f"model's image_transform and clips with its clip_transform")
+        sizes = iter(image_sizes or ())
+        out = []
+        for frames, views in zip(clip_frames or [0] * len(spans), features.split(counts)):
+            if frames:
+                out.append(pool_frames(views, self.video_pool, self.video_pool_mode).flatten(0, 1))
+            elif self.anyres is None:
+                out.append(views.flatten(0, 1))
+            else:
+                out.append(self.anyres.pack(views, next(sizes), self.image_newline.weight))
+        return torch.cat(out)
 
     def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_positions: Tensor | None = None,
-              image_sizes: list[Size] | None = None) -> Tensor:
+              image_sizes: list[Size] | None = None, clip_frames: list[int] | None = None) -> Tensor:
         """(B, T, D) token embeddings with the images' features written at their placeholders.
 
         `image_positions` (`ImagePlaceholders.positions`): collators find them on the host, so a
         step never waits for the device; without them they are found here (one host sync).
-        `image_sizes`: each image's (height, width) as host ints, for any-resolution.
+        `image_sizes`: each image's (height, width) as host ints, for any-resolution; `clip_frames`:
+        per `<image>`, the frames of the video clip it stands for (0: an image), host ints.
         """
         text = self.language.embed(input_ids)
         if image_positions is None:
             image_positions = self.image_placeholders.positions(input_ids)
-        n_images = 0 if pixel_values is None else pixel_values.shape[0]
-        expected, of = n_images * self.num_image_tokens, f"{self.num_image_tokens} tokens"
-        if self.anyres is not None and pixel_values is not None:
-            sizes = image_sizes or [None]
-            n_images, expected = len(sizes), sum(self.image_token_count(s) for s in sizes)
-            of = f"{[self.image_token_count(s) for s in sizes]} tokens (any-resolution)"
-        if image_positions.shape[0] != expected:
-            raise ValueError(f"the batch has {image_positions.shape[0]} <image> placeholders for {n_images} images of "
-                             f"{of}: collate with this model's image_placeholders")
+        spans = [] if pixel_values is None else self.media_spans(pixel_values.shape[0], image_sizes, clip_frames)
+        widths = [width for _, width in spans]
+        of = f"{self.num_image_tokens} tokens"
+        if self.anyres is not None or clip_frames is not None:
+            of = f"{widths} tokens" + (" (any-resolution)" if self.anyres is not None else "")
+        if image_positions.shape[0] != sum(widths):
+            raise ValueError(f"the batch has {image_positions.shape[0]} <image> placeholders for {len(spans)} images "
+                             f"of {of}: collate with this model's image_placeholders")
         if pixel_values is None:
             return text
-        images = self.image_embeddings(pixel_values, image_sizes).to(text.dtype)
+        images = self.image_embeddings(pixel_values, image_sizes, clip_frames).to(text.dtype)
         return text.flatten(0, 1).index_copy(0, image_positions, images).view_as(text)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
                 labels: Tensor | None = None, segment_ids: Tensor | None = None,
-                image_positions: Tensor | None = None,
-                image_sizes: list[Size] | None = None) -> tuple[Tensor | None, Tensor | None]:
+                image_positions: Tensor | None = None, image_sizes: list[Size] | None = None,
+                clip_frames: list[int] | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Returns (logits, loss); the loss is next-token CE over positions whose label is not -100.
 
         `segment_ids` marks packed rows (`data.packing`): attention stays inside each sample and
         positions restart at each; an unpacked row is one sample after its padding (either side).
         """
-        embeds = self.embed(input_ids, pixel_values, image_positions, image_sizes)
+        embeds = self.embed(input_ids, pixel_values, image_positions, image_sizes, clip_frames)
         segments = attention_mask.long() - 1 if segment_ids is None else segment_ids
         mask = sample_causal_mask(self.language.model.config, embeds, segments)
         positions = segment_positions(segments)
@@ -159,9 +224,10 @@ class LLaVA(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
-                 max_new_tokens: int = 16, image_sizes: list[Size] | None = None, **kwargs) -> Tensor:
+                 max_new_tokens: int = 16, image_sizes: list[Size] | None = None,
+                 clip_frames: list[int] | None = None, **kwargs) -> Tensor:
         """Greedy by default; prompts (`<image>` widened) must be left-padded. Returns only the new token ids."""
-        embeds = self.embed(input_ids, pixel_values, image_sizes=image_sizes)
+        embeds = self.embed(input_ids, pixel_values, image_sizes=image_sizes, clip_frames=clip_frames)
         tok = self.tokenizer
         kwargs = {"do_sample": False, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **kwargs}
         return self.language.model.generate(

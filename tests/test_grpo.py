@@ -98,7 +98,8 @@ def test_prompt_rows_from_conversations_and_qa(tmp_path):
     qa = {"id": "b", "image": "y.png", "question": "Color?", "answer": "red", "type": "color"}
     rows = question_rows([conv, qa], tmp_path / "f.json")
     assert [(r["id"], r["question"], r["answer"], r["type"], r["image"]) for r in rows] == [
-        ("a-0", "What shape?", "circle", "shape", "x.png"), ("a-1", "How many?", "2", "count", "x.png"),
+        # a question keeps its own <image> and gets the earlier turns' first (multi-image prompts keep their order)
+        ("a-0", "<image>\nWhat shape?", "circle", "shape", "x.png"), ("a-1", "<image>\nHow many?", "2", "count", "x.png"),
         ("b", "Color?", "red", "color", "y.png")]
     with pytest.raises(ValueError, match="lacks"):
         question_rows([{"id": "c", "question": "?"}], tmp_path / "f.json")

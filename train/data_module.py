@@ -29,6 +29,12 @@ def image_transform(model, train: bool):
     return model.image_transform(train) if isinstance(model, LLaVA) else model.vision.transform(train=train)
 
 
+def clip_transform(model, train: bool):
+    """Video frames -> a clip for a LLaVA that pools them (`LLaVA.clip_transform`); None for a model
+    that reads no video (datasets then refuse video records at construction)."""
+    return model.clip_transform(train) if isinstance(model, LLaVA) else None
+
+
 def image_width(model) -> int | None:
     """LM positions one `<image>` takes, as the token budget `max_length` counts it; None: one."""
     placeholders = image_placeholders(model)
@@ -86,7 +92,8 @@ class ConversationDataModule(L.LightningDataModule):
         self.val_set = None
         if self.val_qa:
             self.val_set = QADataset(self.val_qa, model.tokenizer, template, image_transform(model, train=False),
-                                     limit=self.max_val_samples, image_folder=self.val_image_folder)
+                                     limit=self.max_val_samples, image_folder=self.val_image_folder,
+                                     clip_transform=clip_transform(model, train=False))
 
     def build_packer(self, model) -> PackingCollator | None:
         if self.pack_length is None:
@@ -99,7 +106,8 @@ class ConversationDataModule(L.LightningDataModule):
     def build_train_set(self, model, template):
         return ConversationDataset(self.train_json, model.tokenizer, template, image_transform(model, train=True),
                                    self.max_length, max_turns=self.max_turns,
-                                   num_image_tokens=image_width(model), image_folder=self.image_folder)
+                                   num_image_tokens=image_width(model), image_folder=self.image_folder,
+                                   clip_transform=clip_transform(model, train=True))
 
     def train_collator(self):
         return self.packer or Collator(self.pad_id, placeholders=self.placeholders)

@@ -231,7 +231,7 @@ class VLMModule(L.LightningModule):
         total, tokens = None, 0
         for name, (weight, part) in sources.items():
             # packed rows (data.packing), LLaVA's placeholder positions found on the host (data.image_placeholders)
-            extra = {k: part[k] for k in ("segment_ids", "image_positions", "image_sizes") if k in part}
+            extra = {k: part[k] for k in ("segment_ids", "image_positions", "image_sizes", "clip_frames") if k in part}
             _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"],
                                  **extra)
             self.finite_guard.observe(loss, self.global_step, batch_idx)
@@ -277,7 +277,8 @@ class VLMModule(L.LightningModule):
         # sharded, a rank whose prompts are done keeps stepping until every rank is (`synced_gpus`),
         # or the ranks still generating would wait forever for its all-gathers
         synced = {"synced_gpus": True} if self._trainer is not None and self.sharded else {}
-        sizes = {"image_sizes": batch["image_sizes"]} if "image_sizes" in batch else {}  # any-resolution
+        # any-resolution images' sizes, video clips' frame counts
+        sizes = {k: batch[k] for k in ("image_sizes", "clip_frames") if k in batch}
         out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                                   max_new_tokens=self.max_new_tokens, **synced, **sizes)
         return self.model.tokenizer.batch_decode(out, skip_special_tokens=True)
