@@ -1,13 +1,14 @@
 """Shapes-HR world: small shapes on a large canvas, for any-resolution (AnyRes) experiments.
 
-Scenes are 288x288 with objects about 8-13 px across, placed with jitter in the cells of a 3x3
-grid. Shrunk to a 72 px tower input (4x) an object keeps its colour and place but becomes a
-2-3 px blob whose shape cannot be read: every object's area is drawn from one range whatever its
-shape (the half-extent follows from the area), so not even a blob's amount of ink tells shapes
-apart. Questions that need the shape (its name, counts of a shape, existence and position of a
-colour+shape whose colour the scene also shows on another shape) then separate a model reading
-full-resolution tiles from one reading the resized image; colour questions are the control that
-either can answer.
+Scenes are 288x288 with objects 7-14 px across, placed with jitter in the cells of a 3x3 grid.
+Shrunk to a 72 px tower input (4x) an object keeps its colour and place but becomes a 2-3 px blob
+whose shape is lost: every object's area is drawn from one range whatever its shape (the
+half-extent follows from the area), so a blob's amount of ink does not tell shapes apart, and
+within the world's range of sizes and positions some square shrinks to within a fifth of a
+triangle's contrast at every pixel (tests/test_shapes_hr.py). Questions that need the shape (its
+name, counts of a shape, existence and position of a colour+shape whose colour the scene also
+shows on another shape) then separate a model reading full-resolution tiles from one reading the
+resized image; colour questions are the control that either can answer.
 
 Besides single images: two-image questions ("In which image is the red square?", "How many
 triangles are in the two images together?") over pairs of a split's scenes, and 4-frame clips
