@@ -324,6 +324,14 @@ def test_cli_writes_the_world_and_rejects_a_split_of_one(tmp_path, capsys):
         main(["data", "shapes-hr", "--out", str(tmp_path / "x"), "--train-images", "3", "--val-images", "1"])
 
 
+def test_cli_user_error_is_one_line_from_the_shell(tmp_path):
+    from tests.cli_run import chimera, plain_error
+
+    proc = chimera("data", "shapes-hr", "--out", tmp_path / "w", "--train-images", "1")
+    assert plain_error(proc, "data") == "train_images must be >= 2 (two-image questions pair a split's images), got 1"
+    assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
 # -- the experiment configs ---------------------------------------------------------------------
 
 @pytest.mark.slow
