@@ -326,10 +326,13 @@ def clip_frame_paths(split: str, index: int) -> list[str]:
     return [f"images/{split}/clips/{index:06d}-{t}.png" for t in range(FRAMES)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Split:
+    """One split's LLaVA records and flat QA rows per kind (the val split's rows are written), and
+    how often each answer was given per question type."""
+
     singles: list[dict]
-    val_rows: list[dict]
+    rows: list[dict]
     pairs: list[dict]
     pair_rows: list[dict]
     clips: list[dict]
@@ -342,14 +345,14 @@ def _write_split(root: Path, split: str, n: int, seed: int) -> _Split:
     scene_rng, pair_rng, clip_rng = stream_rng(seed, split).spawn(3)
     balancer = AnswerBalancer()
     (root / "images" / split / "clips").mkdir(parents=True, exist_ok=True)
-    scenes, singles, val_rows = [], [], []
+    scenes, singles, rows = [], [], []
     for i in range(n):
         scene = sample_scene(scene_rng)
         qas = ask(single_questions(scene), balancer, scene_rng)
         (root / image_relpath(split, i)).write_bytes(png_bytes(render(scene.objects)))
         scenes.append(scene)
         singles.append(llava_record(record_id(split, i), image_relpath(split, i), qas))
-        val_rows += qa_rows(split, i, qas)
+        rows += qa_rows(split, i, qas)
     pairs, pair_rows = [], []
     for i in range(n):
         a, b = (int(k) for k in pair_rng.choice(n, size=2, replace=False))
@@ -368,7 +371,7 @@ def _write_split(root: Path, split: str, n: int, seed: int) -> _Split:
         clips.append(video_record(rid, frames, [clip.qa]))
         clip_rows.append({"id": f"{rid}-00", "video": frames, "question": clip.qa.question, "answer": clip.qa.answer,
                           "type": clip.qa.type})
-    return _Split(singles, val_rows, pairs, pair_rows, clips, clip_rows, balancer.counts)
+    return _Split(singles, rows, pairs, pair_rows, clips, clip_rows, balancer.counts)
 
 
 def write_shapes_hr(out: str | Path, train_images: int = 2000, val_images: int = 200, seed: int = 0) -> dict:
@@ -391,7 +394,7 @@ def write_shapes_hr(out: str | Path, train_images: int = 2000, val_images: int =
     val = _write_split(root, "val", val_images, seed)
     write_json(root / "train.json", train.singles + train.pairs)
     write_json(root / "train_video.json", train.clips)
-    write_jsonl(root / "val_qa.jsonl", val.val_rows)
+    write_jsonl(root / "val_qa.jsonl", val.rows)
     write_jsonl(root / "val_multi_qa.jsonl", val.pair_rows)
     write_jsonl(root / "val_video_qa.jsonl", val.clip_rows)
     everything = [*train.singles, *train.pairs, *train.clips, *val.singles, *val.pairs, *val.clips]
@@ -404,7 +407,7 @@ def write_shapes_hr(out: str | Path, train_images: int = 2000, val_images: int =
         "train_clips": len(train.clips),
         "val_clips": len(val.clips),
         "train_turns": sum(len(r["types"]) for r in train.singles + train.pairs),
-        "val_questions": len(val.val_rows),
+        "val_questions": len(val.rows),
         "val_multi_questions": len(val.pair_rows),
         "val_video_questions": len(val.clip_rows),
     }
