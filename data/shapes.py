@@ -59,7 +59,7 @@ POPE_SPLITS = ("random", "popular", "adversarial")
 BACKGROUND = (255, 255, 255)
 
 
-def _masks(dx: np.ndarray, dy: np.ndarray, h: float) -> dict[str, np.ndarray]:
+def shape_masks(dx: np.ndarray, dy: np.ndarray, h: float) -> dict[str, np.ndarray]:
     """Pixel masks per shape, for offsets (dx, dy) from the centre and half-extent h."""
     ax, ay = np.abs(dx), np.abs(dy)
     return {
@@ -71,7 +71,7 @@ def _masks(dx: np.ndarray, dy: np.ndarray, h: float) -> dict[str, np.ndarray]:
     }
 
 
-SHAPE_NAMES = tuple(_masks(np.zeros(1), np.zeros(1), 1.0))
+SHAPE_NAMES = tuple(shape_masks(np.zeros(1), np.zeros(1), 1.0))
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def render(scene: Scene, world: World) -> np.ndarray:
     yy, xx = np.mgrid[0:n, 0:n]
     for o in scene.objects:
         cx, cy = o.col * cell + (cell - 1) / 2, o.row * cell + (cell - 1) / 2
-        img[_masks(xx - cx, yy - cy, world.sizes[o.size] * cell)[o.shape]] = world.colors[o.color]
+        img[shape_masks(xx - cx, yy - cy, world.sizes[o.size] * cell)[o.shape]] = world.colors[o.color]
     return img
 
 

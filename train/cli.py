@@ -57,6 +57,12 @@ def data_main(argv: list[str]) -> None:
     shp.add_argument("--seed", type=int, default=0)
     shp.add_argument("--max-objects", type=int, default=5)
     shp.add_argument("--shard-size", type=int, default=1000)
+    hr = sub.add_parser("shapes-hr", help="Shapes-HR: small shapes on a 288 px canvas (unreadable at 72 px), "
+                        "two-image questions, 4-frame clips")
+    hr.add_argument("--out", required=True)
+    hr.add_argument("--train-images", type=int, default=2000, help="also the number of two-image records and clips")
+    hr.add_argument("--val-images", type=int, default=200)
+    hr.add_argument("--seed", type=int, default=0)
     vqa = sub.add_parser("vqav2", help="convert VQAv2 questions (+annotations; none for test-dev) to eval JSONL")
     vqa.add_argument("--questions", required=True)
     vqa.add_argument("--annotations", help="answers file; omit for test-dev/test (predicted, then vqav2-submission)")
@@ -115,7 +121,11 @@ def data_main(argv: list[str]) -> None:
             n = eval_formats.convert_pope(splits, args.image_dir, args.out)
         print(f"wrote {n} records to {args.out}")
         return
-    if args.world == "sort-of-clevr":
+    if args.world == "shapes-hr":
+        from data.shapes_hr import write_shapes_hr
+
+        summary = write_shapes_hr(args.out, train_images=args.train_images, val_images=args.val_images, seed=args.seed)
+    elif args.world == "sort-of-clevr":
         from data.sort_of_clevr import write_sort_of_clevr
 
         summary = write_sort_of_clevr(args.out, train_images=args.train_images, val_images=args.val_images,
