@@ -99,6 +99,7 @@ def test_llava_finetune_config_asks_for_bf16_compute_fp32_reduce():
     mp = strategy.mixed_precision_config
     assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16, torch.float32, torch.float32)
     assert strategy.sharding_strategy.name == "FULL_SHARD" and strategy.kwargs["use_orig_params"]
+    assert strategy.init_on_rank0  # one host copy of the 7B weights (rank 0's), the other ranks build on meta
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")

@@ -133,9 +133,7 @@ class FSDP(FSDPStrategy):
         the meta device (no storage, no weight file read: `chimera fit` arranges it, see
         `models.meta_init`) and receives rank 0's values while FSDP wraps each unit. Host memory
         then holds one copy of the weights (rank 0's), not one per GPU. False (the default): every
-        rank builds and loads the whole model itself. Opt-in while a known defect stands: on gloo,
-        about one run in six with meta builds aborts at process exit after training finished
-        ("terminate called without an active exception")."""
+        rank builds and loads the whole model itself (a QLoRA LM cannot be built on meta)."""
 
     def __init__(self, sharding: Sharding = "FULL_SHARD", wrap_vision: bool = True,
                  activation_checkpointing: bool = True, mixed_precision: Literal["bf16", "fp16"] | None = None,
