@@ -19,7 +19,7 @@ from models.clip import ContrastiveDualEncoder
 from train.evaluation.retrieval_metric import recall_at_k
 from train.checkpoint import self_contained
 from train.run_dir import run_folder
-from train.schedule import warmup_cosine
+from train.schedule import warmup_cosine_scheduler
 from train.guards import FiniteLossGuard
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
@@ -87,10 +87,8 @@ class CLIPModule(L.LightningModule):
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas, eps=self.eps)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, self.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt,
+                "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, self.warmup_ratio, self.min_lr_ratio)}
 
     def on_fit_end(self) -> None:
         # the run folder may take a collective (train/run_dir.py): every rank reads it, then rank 0 writes

@@ -23,7 +23,7 @@ from data.templates import IMAGE_TOKEN, ChatTemplate, Segment
 from data.tokenize import tokenize_segments
 from models.language import LanguageModel
 from train.checkpoint import self_contained
-from train.schedule import warmup_cosine
+from train.schedule import warmup_cosine_scheduler
 from train.guards import FiniteLossGuard
 
 
@@ -139,10 +139,8 @@ class LMModule(L.LightningModule):
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, total, int(self.warmup_ratio * total), self.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt,
+                "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, self.warmup_ratio, self.min_lr_ratio)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["chimera_config"] = self.chimera_config

@@ -26,7 +26,7 @@ from train.distributed import canonical_name, gather_objects, unique_by_index
 from train.answers import accuracy_by_type, format_accuracy
 from train.evaluation.vqa_metric import vqa_accuracy
 from train.loggers import log_sample_table
-from train.schedule import warmup_cosine
+from train.schedule import warmup_cosine_scheduler
 from train.guards import FiniteLossGuard
 
 Stage = Literal["align", "finetune", "full"]
@@ -336,12 +336,8 @@ class VLMModule(L.LightningModule):
         self.param_group_names = {g["name"]: sorted(n for n, _ in g["params"]) for g in groups}
         groups = [{**g, "params": [p for _, p in g["params"]]} for g in groups]
         opt = build_optimizer(self.optimizer_name, groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt,
+                "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, self.warmup_ratio, self.min_lr_ratio)}
 
     def _decays_weight(self, name: str, p: nn.Parameter) -> bool:
         """Matrices decay, biases and norms do not: decided on the shapes before any wrapping, since
