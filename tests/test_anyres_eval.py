@@ -177,3 +177,19 @@ def test_generate_equals_a_greedy_loop_by_hand(world, capsys):
                 break
     expected = tok.decode(new, skip_special_tokens=True).strip()
     assert expected and answer == expected
+
+
+def test_prompt_lengths_are_the_collated_row_lengths(world):
+    """Eval sorts prompts by the lengths their rows will have: each any-resolution image at its own
+    width (read from the file's header), two images, a clip at frames x pooled frame width."""
+    from train.data_module import image_placeholders, prompt_collator
+    from train.evaluation.decoding import Decoding, prompt_dataset, prompt_lengths
+
+    root, rows = world
+    module = load_module(root / "anyres.ckpt")
+    dataset = prompt_dataset(module, rows, root, [r["question"] for r in rows], Decoding())
+    collate = prompt_collator(module.model)
+    actual = [int(collate([dataset[i]])["attention_mask"].sum()) for i in range(len(rows))]
+    assert prompt_lengths(dataset, image_placeholders(module.model)) == actual
+    # same question: wide (30 x 50) takes 16 base + 4 rows x (8 + newline) = 52 positions, square 16 + 4 x 5 = 36
+    assert actual[0] - actual[2] == 52 - 36
