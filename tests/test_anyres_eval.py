@@ -193,3 +193,9 @@ def test_prompt_lengths_are_the_collated_row_lengths(world):
     assert prompt_lengths(dataset, image_placeholders(module.model)) == actual
     # same question: wide (30 x 50) takes 16 base + 4 rows x (8 + newline) = 52 positions, square 16 + 4 x 5 = 36
     assert actual[0] - actual[2] == 52 - 36
+
+
+def test_few_shot_names_a_record_with_several_images_or_a_video(world, tmp_path):
+    root, _ = world
+    with pytest.raises(ValueError, match="record 'pair' has 2 images; few-shot prompting"):
+        eval_predictions(world, tmp_path, "--shots", "1", "--demos", "random")
