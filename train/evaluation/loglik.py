@@ -76,7 +76,8 @@ def option_logprobs(module, records: list[dict], root: str | Path, prompts: list
                         collate_fn=prompt_collator(model, left_pad=False))
     scores: list[float | None] = [None] * len(items)
     for batch, ids, mask, pixels in device_batches(module, loader):
-        logits, _ = model(ids, mask, pixels, **media_arguments(batch))  # summed_label_logprobs upcasts a chunk of positions at a time
+        # summed_label_logprobs upcasts a chunk of positions at a time
+        logits, _ = model(ids, mask, pixels, **media_arguments(batch))
         values = summed_label_logprobs(logits, batch["labels"].to(ids.device)).tolist()
         for meta, value in zip(batch["meta"], values):
             scores[meta["item"]] = value
