@@ -77,6 +77,15 @@ def images_of(item: dict) -> int:
     return 0 if item["pixel_values"] is None else item["pixel_values"].shape[0]
 
 
+MEDIA_ARGUMENTS = ("image_sizes", "clip_frames")
+
+
+def media_arguments(batch: dict) -> dict:
+    """The host-side media values a batch carries for the model's forward and generate: any-resolution
+    images' (height, width) and video clips' frame counts; nothing for a batch of square images."""
+    return {k: batch[k] for k in MEDIA_ARGUMENTS if k in batch}
+
+
 def count_targets(labels: Tensor) -> int:
     """How many positions the next-token loss averages over (labels after the first, not -100):
     counted here, on the host, so the training step weights by it without a device sync."""

@@ -35,6 +35,19 @@ def clip_transform(model, train: bool):
     return model.clip_transform(train) if isinstance(model, LLaVA) else None
 
 
+def prompt_transforms(model) -> dict:
+    """How prompts read their media for `model`, wherever prompts are answered (validation, `chimera eval`,
+    `chimera generate`, `EvalAtFitEnd`): images by its `image_transform` (any-resolution views and sizes),
+    video clips by its `clip_transform`; the keyword arguments of `PromptDataset` and `QADataset`."""
+    return {"transform": image_transform(model, train=False), "clip_transform": clip_transform(model, train=False)}
+
+
+def prompt_collator(model, left_pad: bool = True) -> Collator:
+    """Batches of prompt items for `model`, each `<image>` widened to its placeholders: left-padded for
+    generation, right-padded to score continuations (`--mc-mode loglik`)."""
+    return Collator(model.tokenizer.pad_token_id, left_pad=left_pad, placeholders=image_placeholders(model))
+
+
 def image_width(model) -> int | None:
     """LM positions one `<image>` takes, as the token budget `max_length` counts it; None: one."""
     placeholders = image_placeholders(model)
@@ -91,9 +104,9 @@ class ConversationDataModule(L.LightningDataModule):
         self.train_set = self.build_train_set(model, template)
         self.val_set = None
         if self.val_qa:
-            self.val_set = QADataset(self.val_qa, model.tokenizer, template, image_transform(model, train=False),
-                                     limit=self.max_val_samples, image_folder=self.val_image_folder,
-                                     clip_transform=clip_transform(model, train=False))
+            self.val_set = QADataset(self.val_qa, model.tokenizer, template, limit=self.max_val_samples,
+                                     image_folder=self.val_image_folder, **prompt_transforms(model))
+        self.val_collator = prompt_collator(model)
 
     def build_packer(self, model) -> PackingCollator | None:
         if self.pack_length is None:
@@ -142,8 +155,7 @@ class ConversationDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False,
-                            collate=Collator(self.pad_id, left_pad=True, placeholders=self.placeholders))
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False, collate=self.val_collator)
 
 
 class PreferenceDataModule(ConversationDataModule):

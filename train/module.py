@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from data.collate import count_targets
+from data.collate import count_targets, media_arguments
 from data.multisource import split_sources
 from data.templates import ChatTemplate
 from models.flamingo import Flamingo
@@ -231,7 +231,7 @@ class VLMModule(L.LightningModule):
         total, tokens = None, 0
         for name, (weight, part) in sources.items():
             # packed rows (data.packing), LLaVA's placeholder positions found on the host (data.image_placeholders)
-            extra = {k: part[k] for k in ("segment_ids", "image_positions", "image_sizes", "clip_frames") if k in part}
+            extra = {k: part[k] for k in ("segment_ids", "image_positions") if k in part} | media_arguments(part)
             _, loss = self.model(part["input_ids"], part["attention_mask"], part["pixel_values"], part["labels"],
                                  **extra)
             self.finite_guard.observe(loss, self.global_step, batch_idx)
@@ -277,10 +277,8 @@ class VLMModule(L.LightningModule):
         # sharded, a rank whose prompts are done keeps stepping until every rank is (`synced_gpus`),
         # or the ranks still generating would wait forever for its all-gathers
         synced = {"synced_gpus": True} if self._trainer is not None and self.sharded else {}
-        # any-resolution images' sizes, video clips' frame counts
-        sizes = {k: batch[k] for k in ("image_sizes", "clip_frames") if k in batch}
         out = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                  max_new_tokens=self.max_new_tokens, **synced, **sizes)
+                                  max_new_tokens=self.max_new_tokens, **synced, **media_arguments(batch))
         return self.model.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

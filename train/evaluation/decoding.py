@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import PIL.Image
 import torch
 from torch.utils.data import DataLoader
 
-from data.collate import Collator
-from data.conversation_dataset import PromptDataset
-from data.templates import ChatTemplate, TemplateName
+from data.anyres_images import AnyResTransform
+from data.collate import media_arguments
+from data.conversation_dataset import PromptDataset, media_count, media_paths
+from data.image_placeholders import ImagePlaceholders
+from data.templates import ChatTemplate, TemplateName, with_image_placeholders
 from data.tokenize import tokenize_generation_prompt, tokenize_prompt
-from train.data_module import image_placeholders
+from train.data_module import image_placeholders, prompt_collator, prompt_transforms
 
 
 @dataclass
@@ -58,19 +61,49 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
-def prompt_lengths(dataset: PromptDataset, placeholders=None) -> list[int]:
+def prompt_dataset(module, records: list[dict], root: str | Path, prompts: list[str | list[dict]],
+                   decoding: Decoding) -> PromptDataset:
+    """The prompts as validation builds them: the module's (or the named) template, media read by the
+    model's own transforms (`train.data_module.prompt_transforms`: any-resolution views with their
+    sizes, video clips)."""
+    return PromptDataset(records, root, prompts, module.model.tokenizer, prompt_template(module, decoding),
+                         **prompt_transforms(module.model))
+
+
+def prompt_lengths(dataset: PromptDataset, placeholders: ImagePlaceholders | None = None) -> list[int]:
     """Each prompt's length in LM positions as the collator will build it (an `<image>` counts as its
-    placeholders' width), tokenized as `PromptDataset` does, without loading any image."""
+    media's width, `media_widths`), tokenized as `PromptDataset` does, without decoding any image."""
     tok, template = dataset.tokenizer, dataset.template
     lengths = []
     for rec, prompt in zip(dataset.records, dataset.prompts):
         if isinstance(prompt, list):
             ids = tokenize_generation_prompt(prompt, tok, template)
         else:
-            ids = tokenize_prompt(prompt, tok, template, image=rec.get("image") is not None)
-        extra = 0 if placeholders is None else (placeholders.width - 1) * ids.count(placeholders.token_id)
+            ids = tokenize_prompt(with_image_placeholders(prompt, media_count(rec)), tok, template, image=False)
+        extra = 0
+        if placeholders is not None:
+            extra = sum(media_widths(dataset, rec, placeholders)) - ids.count(placeholders.token_id)
         lengths.append(len(ids) + extra)
     return lengths
+
+
+def media_widths(dataset: PromptDataset, rec: dict, placeholders: ImagePlaceholders) -> list[int]:
+    """LM positions of each of a record's media as the dataset's transforms will give them, from file
+    headers only: a clip's frames times a pooled frame's width, an any-resolution image its size's
+    count (a file that cannot be opened: the base width; its item is skipped anyway), else the fixed width."""
+    if "video" in rec:
+        return [len(rec["video"]) * (dataset.clip_transform.frame_tokens if dataset.clip_transform else 1)]
+    paths = media_paths(rec)
+    if not isinstance(dataset.transform, AnyResTransform):
+        return [placeholders.width] * len(paths)
+    widths = []
+    for p in paths:
+        try:
+            with PIL.Image.open(dataset.root / p) as im:  # reads the header, not the pixels
+                widths.append(dataset.transform.layout.num_tokens((im.height, im.width)))
+        except (OSError, ValueError):
+            widths.append(placeholders.width)
+    return widths
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
@@ -86,17 +119,15 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
     conversation whose last turn is the question."""
     model = module.model
     tok = model.tokenizer
-    dataset = PromptDataset(records, root, prompts, tok, prompt_template(module, decoding),
-                            model.vision.transform(train=False))
-    placeholders = image_placeholders(model)
-    order = length_order(prompt_lengths(dataset, placeholders)) if decoding.sort_by_length else None
+    dataset = prompt_dataset(module, records, root, prompts, decoding)
+    order = length_order(prompt_lengths(dataset, image_placeholders(model))) if decoding.sort_by_length else None
     loader = DataLoader(dataset, batch_size=decoding.batch_size, sampler=order, num_workers=num_workers,
-                        collate_fn=Collator(tok.pad_token_id, left_pad=True, placeholders=placeholders))
+                        collate_fn=prompt_collator(model))
     predictions: list[str | None] = [None] * len(records)
     stop_kwargs = {"stop_strings": list(decoding.stop), "tokenizer": tok} if decoding.stop else {}
     for batch, ids, mask, pixels in device_batches(module, loader):
         out = model.generate(ids, mask, pixels, max_new_tokens=max_new_tokens, num_beams=decoding.num_beams,
-                             use_cache=True, **stop_kwargs)
+                             use_cache=True, **media_arguments(batch), **stop_kwargs)
         for meta, text in zip(batch["meta"], tok.batch_decode(out, skip_special_tokens=True)):
             predictions[meta["index"]] = text
     return predictions
@@ -104,7 +135,8 @@ def generate_predictions(module, records: list[dict], root: str | Path, prompts:
 
 def device_batches(module, loader):
     """Each usable batch of `loader` (one whose images all failed has no ids) with its ids, mask and
-    pixels on the model's device; the module is in eval mode meanwhile and set back afterwards."""
+    pixels on the model's device (the batch's `media_arguments` stay host ints); the module is in eval
+    mode meanwhile and set back afterwards."""
     device = next(module.model.parameters()).device
     was_training = module.training
     module.eval()

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.collate import Collator
+from data.collate import media_arguments
 from data.conversation_dataset import PromptDataset
 from data.tokenize import IGNORE_INDEX
 from models.losses import summed_label_logprobs
-from train.data_module import image_placeholders
-from train.evaluation.decoding import Decoding, cut_at_stop, device_batches, generate_predictions, prompt_template
+from train.data_module import prompt_collator
+from train.evaluation.decoding import Decoding, cut_at_stop, device_batches, generate_predictions, prompt_dataset
 
 MC_MODES = ("generate", "loglik")
 
@@ -48,7 +48,8 @@ class OptionDataset(Dataset):
         cont = torch.tensor(continuation, dtype=item["input_ids"].dtype)
         ids = torch.cat([item["input_ids"], cont])
         labels = torch.cat([torch.full_like(item["input_ids"], IGNORE_INDEX), cont])
-        return {"input_ids": ids, "labels": labels, "pixel_values": item["pixel_values"], "meta": {"item": j}}
+        # the prompt's media entries travel as they are (any-resolution sizes and widths, clip frames)
+        return {**item, "input_ids": ids, "labels": labels, "meta": {"item": j}}
 
 
 def continuation_ids(tokenizer, text: str) -> list[int]:
@@ -65,18 +66,18 @@ def option_logprobs(module, records: list[dict], root: str | Path, prompts: list
     or its image unreadable). Right-padded batches of `decoding.batch_size` (record, option) rows."""
     model = module.model
     tok = model.tokenizer
-    base = PromptDataset(records, root, prompts, tok, prompt_template(module, decoding),
-                         model.vision.transform(train=False))
+    base = prompt_dataset(module, records, root, prompts, decoding)
     owners, items = [], []
     for i, options in enumerate(choices):
         for _, text in options or []:
             owners.append(i)
             items.append((i, continuation_ids(tok, text)))
     loader = DataLoader(OptionDataset(base, items), batch_size=decoding.batch_size, shuffle=False,
-                        collate_fn=Collator(tok.pad_token_id, left_pad=False, placeholders=image_placeholders(model)))
+                        collate_fn=prompt_collator(model, left_pad=False))
     scores: list[float | None] = [None] * len(items)
     for batch, ids, mask, pixels in device_batches(module, loader):
-        logits, _ = model(ids, mask, pixels)  # summed_label_logprobs upcasts a chunk of positions at a time
+        # summed_label_logprobs upcasts a chunk of positions at a time
+        logits, _ = model(ids, mask, pixels, **media_arguments(batch))
         values = summed_label_logprobs(logits, batch["labels"].to(ids.device)).tolist()
         for meta, value in zip(batch["meta"], values):
             scores[meta["item"]] = value

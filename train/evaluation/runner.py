@@ -113,8 +113,10 @@ def _run_task(module, task, records: list[dict], root: Path, decoding: Decoding,
 def with_demonstrations(module, task, records: list[dict], root: Path, decoding: Decoding,
                         image_dir: Path | None = None):
     """Few-shot records (demonstration images then the query's, absolute paths) and prompts."""
+    check_one_image_each(records, "the evaluated set")
     if decoding.support:
         pool = load_task_data(task, decoding.support, image_dir=image_dir)
+        check_one_image_each(pool.records, decoding.support)
         support, support_root, exclude = pool.records, pool.root, None
     else:  # the evaluated set, never showing a query its own image
         by_image: dict = {}
@@ -138,6 +140,16 @@ def with_demonstrations(module, task, records: list[dict], root: Path, decoding:
         new_records.append({**rec, "image": images})
         prompts.append(fewshot_turns([(task.prompt(d), task.references(d)[0]) for d in demos], task.prompt(rec)))
     return new_records, prompts, [[support[i]["id"] for i in pick] for pick in picks]
+
+
+def check_one_image_each(records: list[dict], source: str) -> None:
+    """Few-shot prompts give each demonstration and the query one image: a record with several images or
+    a video is an error naming it (zero-shot evaluation reads those)."""
+    for rec in records:
+        if "video" in rec or isinstance(rec.get("image"), list):
+            what = "a video" if "video" in rec else f"{len(rec['image'])} images"
+            raise ValueError(f"{source}: record {rec.get('id')!r} has {what}; few-shot prompting (--shots) takes "
+                             f"one image per record")
 
 
 def load_task_data(task, path: str | Path, limit: int | None = None, image_dir: Path | None = None) -> TaskData:
