@@ -4,7 +4,8 @@ LLaVA-NeXT / OneVision video data has one `<image>` stand for a whole clip (`"vi
 paths]`). Every frame goes through the tower's own square transform (OneVision reads video at base
 resolution, never tiled); the model pools each frame's features (`models.video_pool`) and writes the
 frames' pooled tokens in order at the clip's placeholders. The width is frames x the model's pooled
-tokens per frame, known here so truncation, widening and packing count it without the device.
+tokens per frame (plus the tokens that end a clip, OneVision's newline), known here so truncation,
+widening and packing count it without the device.
 """
 
 from __future__ import annotations
@@ -27,17 +28,23 @@ class VideoClip:
 
 class ClipTransform:
     """Frames -> `VideoClip`; `frame`: the tower's square transform; `frame_tokens`: LM positions of one
-    pooled frame (the model's `frame_token_count`). A plain class, so it pickles into DataLoader workers."""
+    pooled frame (the model's `frame_token_count`); `end_tokens`: positions after the last frame (1 with
+    the model's `video_newline`). A plain class, so it pickles into DataLoader workers."""
 
-    def __init__(self, frame: Callable[[PIL.Image.Image], Tensor], frame_tokens: int) -> None:
+    def __init__(self, frame: Callable[[PIL.Image.Image], Tensor], frame_tokens: int, end_tokens: int = 0) -> None:
         if frame_tokens < 1:
             raise ValueError(f"a video frame must take at least one LM position, got {frame_tokens}")
-        self.frame, self.frame_tokens = frame, frame_tokens
+        self.frame, self.frame_tokens, self.end_tokens = frame, frame_tokens, end_tokens
+
+    def width(self, frames: int) -> int:
+        """LM positions of a clip of `frames` frames."""
+        return frames * self.frame_tokens + self.end_tokens
 
     def __call__(self, frames: Sequence[PIL.Image.Image]) -> VideoClip:
         if not frames:
             raise ValueError("a video clip needs at least one frame")
-        return VideoClip(torch.stack([self.frame(f) for f in frames]), len(frames) * self.frame_tokens)
+        return VideoClip(torch.stack([self.frame(f) for f in frames]), self.width(len(frames)))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(frame={self.frame}, frame_tokens={self.frame_tokens})"
+        return (f"{type(self).__name__}(frame={self.frame}, frame_tokens={self.frame_tokens}, "
+                f"end_tokens={self.end_tokens})")

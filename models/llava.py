@@ -42,7 +42,8 @@ class LLaVA(nn.Module):
     Several `<image>` per sample are read in order, one image each; an `<image>` may stand for a
     video clip instead (`clip_frames`): its frames go through the tower at base resolution and each
     frame's feature grid is pooled `video_pool` per side (`video_pool_mode`, `models.video_pool`;
-    1: none), as LLaVA-OneVision does, and the frames' tokens are written in order.
+    1: none), as LLaVA-OneVision does, and the frames' tokens are written in order. `video_newline`:
+    the clip's tokens end with the learned `image_newline` (OneVision's layout; one more position).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class LLaVA(nn.Module):
         anyres_max_tiles: int | None = None,
         video_pool: int = 2,
         video_pool_mode: PoolMode = "bilinear",
+        video_newline: bool = False,
     ) -> None:
         super().__init__()
         self.vision = vision
@@ -72,6 +74,9 @@ class LLaVA(nn.Module):
         if video_pool_mode not in POOL_MODES:
             raise ValueError(f"video_pool_mode {video_pool_mode!r} unknown; choose one of {list(POOL_MODES)}")
         self.video_pool, self.video_pool_mode = video_pool, video_pool_mode
+        self.video_newline = video_newline
+        if video_newline and self.anyres is None:
+            self.image_newline = ImageNewline(language.hidden_size)
 
     @property
     def tokenizer(self):
@@ -109,7 +114,7 @@ class LLaVA(nn.Module):
         None when this model reads no clips (`frame_token_count`)."""
         if self.frame_token_count is None:
             return None
-        return ClipTransform(self.vision.transform(train=train), self.frame_token_count)
+        return ClipTransform(self.vision.transform(train=train), self.frame_token_count, int(self.video_newline))
 
     def image_token_count(self, size: Size | None = None) -> int:
         """LM positions one image takes: fixed, or with any-resolution from its (height, width)."""
@@ -133,7 +138,7 @@ class LLaVA(nn.Module):
                 if self.frame_token_count is None:
                     raise ValueError(f"video_pool {self.video_pool} pools frames on a square grid, but a view takes "
                                      f"{self.num_image_tokens} connector tokens: use video_pool: 1")
-                spans.append((frames, frames * self.frame_token_count))
+                spans.append((frames, frames * self.frame_token_count + int(self.video_newline)))
             elif self.anyres is None:
                 spans.append((1, self.num_image_tokens))
             else:
@@ -166,6 +171,8 @@ class LLaVA(nn.Module):
         for frames, views in zip(clip_frames or [0] * len(spans), features.split(counts)):
             if frames:
                 out.append(pool_frames(views, self.video_pool, self.video_pool_mode).flatten(0, 1))
+                if self.video_newline:
+                    out.append(self.image_newline.weight.to(views.dtype)[None])
             elif self.anyres is None:
                 out.append(views.flatten(0, 1))
             else:

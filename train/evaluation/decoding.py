@@ -89,10 +89,10 @@ def prompt_lengths(dataset: PromptDataset, placeholders: ImagePlaceholders | Non
 
 def media_widths(dataset: PromptDataset, rec: dict, placeholders: ImagePlaceholders) -> list[int]:
     """LM positions of each of a record's media as the dataset's transforms will give them, from file
-    headers only: a clip's frames times a pooled frame's width, an any-resolution image its size's
+    headers only: a clip's width by the clip transform, an any-resolution image its size's
     count (a file that cannot be opened: the base width; its item is skipped anyway), else the fixed width."""
     if "video" in rec:
-        return [len(rec["video"]) * (dataset.clip_transform.frame_tokens if dataset.clip_transform else 1)]
+        return [dataset.clip_transform.width(len(rec["video"])) if dataset.clip_transform else len(rec["video"])]
     paths = media_paths(rec)
     if not isinstance(dataset.transform, AnyResTransform):
         return [placeholders.width] * len(paths)
