@@ -5,14 +5,13 @@ the config adds the `image_grid_pinpoints`. `export_hf_llava_next` writes a dire
 `LlavaNextForConditionalGeneration` and `AutoProcessor` load, `import_hf_llava_next` builds our
 any-resolution `LLaVA` from one. OneVision's `anyres_max_N` has no place in LlavaNext's config, so
 a capped model is refused rather than exported to a model that would read it differently.
-The any-resolution pieces OneVision shares (checks, image processor, writing the directory) live
-here, once, for `models.hf_llava_onevision`.
+The any-resolution pieces OneVision shares (checks, image processor, tokenizer, writing the directory)
+live here, once, for `models.hf_llava_onevision`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor
@@ -76,27 +75,30 @@ def llava_next_image_processor(model):
     return LlavaNextImageProcessor(**anyres_image_processor_kwargs(model))
 
 
-def write_hf_dir(model, out_dir: str | Path, config, architecture: str, make_processor: Callable,
-                 template=None) -> Path:
-    """Write `config` (as `architecture`), our weights under the LLaVA-family names with the newline,
-    and the processor `make_processor(tokenizer)` builds; the tokenizer carries `template` (default
-    `ChatTemplate()`) as its chat_template."""
-    from huggingface_hub import save_torch_state_dict
-
+def export_tokenizer(model, template=None):
+    """A copy of the model's tokenizer carrying `template` (default `ChatTemplate()`) as its chat_template."""
     from data.template_jinja import adds_bos, jinja_chat_template
     from data.templates import ChatTemplate
 
     template = template or ChatTemplate()
+    tokenizer = copy.deepcopy(model.tokenizer)
+    if template.style != "chat_template":
+        tokenizer.chat_template = jinja_chat_template(template, with_bos=not adds_bos(tokenizer))
+    return tokenizer
+
+
+def write_hf_dir(model, out_dir: str | Path, config, architecture: str, state: dict[str, Tensor], processor) -> Path:
+    """Write `config` (as `architecture`, in the LM's dtype), `state` as safetensors and `processor`
+    (with its tokenizer)."""
+    from huggingface_hub import save_torch_state_dict
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config.architectures = [architecture]
     config.dtype = str(next(model.language.parameters()).dtype).removeprefix("torch.")
     config.save_pretrained(out)
-    save_torch_state_dict({k: v.detach().contiguous() for k, v in chimera_to_hf_llava_next(model).items()}, out)
-    tokenizer = copy.deepcopy(model.tokenizer)
-    if template.style != "chat_template":
-        tokenizer.chat_template = jinja_chat_template(template, with_bos=not adds_bos(tokenizer))
-    make_processor(tokenizer).save_pretrained(out)
+    save_torch_state_dict({k: v.detach().contiguous() for k, v in state.items()}, out)
+    processor.save_pretrained(out)
     return out
 
 
@@ -105,16 +107,16 @@ def export_hf_llava_next(model, out_dir: str | Path, template=None) -> Path:
     `LlavaNextProcessor` whose token count per image equals ours (`LLaVA.image_token_count`)."""
     from transformers import LlavaNextProcessor
 
-    def processor(tokenizer):
-        return LlavaNextProcessor(
-            image_processor=llava_next_image_processor(model), tokenizer=tokenizer,
-            patch_size=int(model.vision.model.config.patch_size),
-            image_token=tokenizer.convert_ids_to_tokens(model.language.image_token_id),
-            vision_feature_select_strategy="default", num_additional_image_tokens=1,  # CLS
-            chat_template=tokenizer.chat_template)
-
-    return write_hf_dir(model, out_dir, hf_llava_next_config(model), "LlavaNextForConditionalGeneration",
-                        processor, template)
+    config = hf_llava_next_config(model)
+    tokenizer = export_tokenizer(model, template)
+    processor = LlavaNextProcessor(
+        image_processor=llava_next_image_processor(model), tokenizer=tokenizer,
+        patch_size=int(model.vision.model.config.patch_size),
+        image_token=tokenizer.convert_ids_to_tokens(model.language.image_token_id),
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,  # CLS
+        chat_template=tokenizer.chat_template)
+    return write_hf_dir(model, out_dir, config, "LlavaNextForConditionalGeneration", chimera_to_hf_llava_next(model),
+                        processor)
 
 
 def check_hf_dir(src: str | Path, kind: str) -> Path:
