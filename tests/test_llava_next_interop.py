@@ -52,17 +52,19 @@ def images() -> list[PIL.Image.Image]:
             for h, w in SIZES]
 
 
-def inputs(model):
+def inputs(model, per_row=((0,), (1,))):
     """Our batch (views concatenated, `<image>` widened per image) and transformers' (views padded
-    to (images, max views, 3, S, S), `image_sizes` as a tensor) for the same two samples."""
+    to (images, max views, 3, S, S), `image_sizes` as a tensor); `per_row`: which of `images()` each
+    sample holds, in order (default: two samples of one image each)."""
     transform = model.image_transform()
-    ims = [transform(im) for im in images()]
+    every = [transform(im) for im in images()]
     g = torch.Generator().manual_seed(3)
     rows = []
-    for k, im in enumerate(ims):
-        ids = torch.randint(5, 250, (6,), generator=g)
-        ids[1 + 2 * k] = model.language.image_token_id
-        rows.append(model.image_placeholders.widen(ids, widths=[im.num_tokens])[0])
+    for row in per_row:
+        ids = torch.randint(5, 250, (4 + 2 * len(row),), generator=g)
+        ids[1:1 + 2 * len(row):2] = model.language.image_token_id
+        rows.append(model.image_placeholders.widen(ids, widths=[every[k].num_tokens for k in row])[0])
+    ims = [every[k] for row in per_row for k in row]
     length = max(len(r) for r in rows)
     ids = torch.stack([torch.cat([r, r.new_zeros(length - len(r))]) for r in rows])
     mask = torch.stack([torch.arange(length) < len(r) for r in rows]).long()
@@ -83,6 +85,24 @@ def test_export_has_equal_logits_on_non_square_images(exported):
     hf = LlavaNextForConditionalGeneration.from_pretrained(path).eval()
     ours, theirs = inputs(model)
     assert ours["image_sizes"] == SIZES and [model.image_token_count(s) for s in SIZES] == [16 + 4 * 9, 16 + 8 * 3]
+    with torch.no_grad():
+        logits, _ = model(**ours)
+        hf_logits = hf(**theirs).logits
+    assert hf_logits.shape == logits.shape
+    mask = ours["attention_mask"].bool()
+    torch.testing.assert_close(hf_logits[mask], logits[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_export_has_equal_logits_on_two_images_of_different_aspect_ratios_in_one_sample(exported):
+    """30 x 50 (2 x 2 tiles, rows cropped) then 56 x 20 (2 x 1 tiles, columns cropped) in one sequence,
+    after a sample with the second image alone: each image's tiles stitched and unpadded on its own."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    model, path = exported
+    hf = LlavaNextForConditionalGeneration.from_pretrained(path).eval()
+    ours, theirs = inputs(model, per_row=((0, 1), (1,)))
+    assert ours["image_sizes"] == [SIZES[0], SIZES[1], SIZES[1]] and ours["pixel_values"].shape[0] == 5 + 3 + 3
+    assert int((ours["input_ids"][0] == model.language.image_token_id).sum()) == (16 + 4 * 9) + (16 + 8 * 3)
     with torch.no_grad():
         logits, _ = model(**ours)
         hf_logits = hf(**theirs).logits
