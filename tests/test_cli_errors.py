@@ -18,6 +18,8 @@ from train.fit_errors import condense
      "checkpoint not found: {t}/none.ckpt"),
     (["import", "--format", "hf-llava", "--src", "{t}/none", "--out", "{t}/i"],
      "{t}/none is not a transformers LLaVA directory (no config.json)"),
+    (["import", "--format", "hf-llava-onevision", "--src", "{t}/none", "--out", "{t}/i"],
+     "{t}/none is not a transformers LlavaOnevision directory (no config.json)"),
     (["eval", "--tasks", "vqa2", "--out", "{t}/e"],
      "unknown eval task 'vqa2'; choose from ['caption', 'chair', 'coco_caption', 'flickr30k', 'gqa', 'mmbench', "
      "'mme', 'mmmu', 'mmstar', 'nocaps', 'okvqa', 'pope', 'retrieval', 'scienceqa_img', 'seed_bench', 'textvqa', "

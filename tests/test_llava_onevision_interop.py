@@ -18,6 +18,7 @@ from models.hf_llava_onevision import export_hf_llava_onevision, import_hf_llava
 from tests.test_llava_next_interop import PINPOINTS, build, tok  # noqa: F401 (tok is a fixture)
 from train.cli import main
 from train.checkpoint import load_module
+from train.export import _save_module
 
 ONEVISION = {"image_grid_pinpoints": PINPOINTS, "anyres_max_tiles": 1, "video_newline": True}
 # (height, width) -> tile map after unpadding -> after anyres_max_1 (4 x 4 patches a tile):
@@ -189,6 +190,13 @@ def test_cli_import_then_export_gives_the_same_directory_weights(exported, tmp_p
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     config = json.loads((tmp_path / "again" / "config.json").read_text())
     assert config["vision_aspect_ratio"] == "anyres_max_1"
+    # a checkpoint whose clips end without the newline is refused, naming the setting
+    module.chimera_config["init_args"]["model"]["init_args"]["video_newline"] = False
+    _save_module(module, module.chimera_config, tmp_path / "plain", "test")
+    with pytest.raises(ValueError, match="cannot export as LlavaOnevision: video_newline=False"):
+        main(["export", "--ckpt", str(tmp_path / "plain" / "model.ckpt"), "--format", "hf-llava-onevision",
+              "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
 
 
 def test_processor_widens_images_and_clips_as_we_do(exported):
