@@ -155,6 +155,30 @@ def test_the_cap_and_clip_newline_change_the_logits(exported, tok):  # noqa: F81
     assert not torch.allclose(moved[0, newline_at:], logits[0, newline_at:])
 
 
+def test_tied_embeddings_export_one_grown_matrix(tok, tmp_path):  # noqa: F811
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from models.connectors import MLPConnector
+    from models.language import LanguageModel
+    from models.llava import LLaVA
+    from models.vision import HFVision
+    from tests.test_llava_next_interop import CLIP
+    from tests.tiny import LM_CONFIG
+
+    torch.manual_seed(0)
+    language = LanguageModel(config={**LM_CONFIG, "tie_word_embeddings": True}, tokenizer=tok)
+    model = LLaVA(HFVision(config=dict(CLIP), model_type="clip", select_layer=-2), language, MLPConnector,
+                  **ONEVISION).eval()
+    path = export_hf_llava_onevision(model, tmp_path / "hf")
+    hf = LlavaOnevisionForConditionalGeneration.from_pretrained(path).eval()
+    assert hf.lm_head.weight is hf.model.language_model.embed_tokens.weight
+    ours, theirs = CASES["an image then a clip"](model, video_id(path))
+    with torch.no_grad():
+        logits, _ = model(**ours)
+        hf_logits = hf(**theirs).logits
+    torch.testing.assert_close(hf_logits[..., :logits.shape[-1]], logits, atol=1e-5, rtol=1e-5)
+
+
 def test_import_round_trip_gives_identical_weights_and_logits(exported):
     """Identical up to the `<video>` row the export adds (a copy of `<image>`'s): our vocabulary's rows,
     and the logits over it, are the same bits."""
@@ -250,6 +274,9 @@ def test_import_refuses_an_aspect_ratio_it_cannot_read(exported, tmp_path):
         import_hf_llava_onevision(tmp_path / "missing")
 
 
-def test_clip_transform_counts_the_newline():
+def test_clip_transform_counts_the_newline(tok):  # noqa: F811
     clip = ClipTransform(lambda im: torch.zeros(3, 4, 4), frame_tokens=4, end_tokens=1)([noise((4, 4), 0)] * 2)
     assert clip.num_tokens == 2 * 4 + 1 and clip.frames.shape == (2, 3, 4, 4)
+    square = build(tok, video_newline=True)  # a LLaVA-1.5 too: the newline is learned for its clips
+    assert square.clip_transform().width(2) == 2 * 4 + 1 and square.image_newline.weight.shape == (32,)
+    assert square.media_spans(3, clip_frames=[2, 0]) == [(2, 9), (1, 16)]

@@ -21,7 +21,8 @@ commands:
   pipeline   run staged experiments             (chimera pipeline run configs/pipelines/demo.yaml)
   merge      fold LoRA into dense weights       (chimera merge --ckpt CKPT --out DIR)
   eval       score a checkpoint on tasks        (chimera eval --config X.yaml --ckpt CKPT --tasks vqa --out DIR)
-  export     write a release or an HF LLaVA dir (chimera export --ckpt CKPT --format chimera|hf-llava|hf-llava-onevision --out DIR)
+  export     write a release or an HF LLaVA dir (chimera export --ckpt CKPT --format chimera|hf-llava|hf-llava-onevision
+                                                --out DIR)
   import     read HF LLaVA / OpenFlamingo       (chimera import --format hf-llava|hf-llava-onevision|openflamingo
                                                 --src SRC --out DIR)
   curate     filter/dedup/mix shards            (chimera curate --config configs/curation/shapes.yaml --in SRC --out DST)
