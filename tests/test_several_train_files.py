@@ -27,15 +27,20 @@ COLOURS = {"images": (220, 30, 30), "clips": (30, 30, 220)}
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> LLaVA:
-    tok = tmp_path_factory.mktemp("tok")
-    train_tokenizer(["what colour is it", "which way does it move", "red", "blue", "left", "right"] * 5, tok,
+def tok(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer(["what colour is it", "which way does it move", "red", "blue", "left", "right"] * 5, out,
                     vocab_size=300)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def model(tok) -> LLaVA:
     torch.manual_seed(0)
     vision = HFVision(config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                               "num_attention_heads": 2, "image_size": 28, "patch_size": 7, "projection_dim": 16},
                       model_type="clip", select_layer=-1)
-    return LLaVA(vision, LanguageModel(config=dict(LM_CONFIG), tokenizer=str(tok)), MLPConnector).eval()
+    return LLaVA(vision, LanguageModel(config=dict(LM_CONFIG), tokenizer=tok), MLPConnector).eval()
 
 
 def turns(question: str, answer: str) -> list[dict]:
@@ -123,6 +128,25 @@ def test_a_missing_second_file_is_one_line_naming_it(model, tmp_path):
         one_file([images, missing], model)
     with pytest.raises(ValueError, match=r"^data.train_json: an empty list names no training file$"):
         ConversationDataModule([])
+
+
+def test_a_missing_second_file_from_the_shell_is_one_line(tok, tmp_path):
+    """`chimera fit` on the video config with the second training file missing: status 2, one line."""
+    from tests.cli_run import chimera, plain_error
+
+    import yaml
+
+    images, _ = write_world(tmp_path)
+    missing = tmp_path / "clips" / "nope.json"
+    cfg = yaml.safe_load(open("configs/experiments/llava_shapes_hr_video_tiny.yaml"))
+    model = cfg["model"]["init_args"]["model"]["init_args"]
+    model["vision"]["init_args"]["pretrained"], model["language"]["init_args"]["tokenizer"] = None, tok
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    cfg["data"]["init_args"].update({"train_json": [images, str(missing)], "val_qa": None})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = chimera("fit", "--config", tmp_path / "config.yaml")
+    assert plain_error(proc, "fit", alone=False) == \
+        f"data.train_json[1]: {missing} does not exist (generate it with `chimera data ...`)"
 
 
 def test_a_bad_record_names_its_own_file(model, tmp_path):
