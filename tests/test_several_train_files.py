@@ -154,7 +154,8 @@ def test_a_bad_record_names_its_own_file(model, tmp_path):
     records = json.loads(open(clips).read())
     records[1]["conversations"][0]["value"] = "<image> <image> which way"
     open(clips, "w").write(json.dumps(records))
-    with pytest.raises(ValueError, match=rf"^{clips}: 1 records have <image> placeholders .*clip1 \(2 <image>, 1 video\)"):
+    placeholders = rf"^{clips}: 1 records have <image> placeholders .*clip1 \(2 <image>, 1 video\)"
+    with pytest.raises(ValueError, match=placeholders):
         one_file([images, clips], model)
     with pytest.raises(ValueError, match=rf"^{clips}: record clip0 has a video, which this reader does not take"):
         ConversationDataset([images, clips], model.tokenizer, ChatTemplate(), model.image_transform())

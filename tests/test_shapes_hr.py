@@ -405,7 +405,8 @@ def test_video_config_is_the_single_view_model_on_images_and_clips():
 
     video = yaml.safe_load(open("configs/experiments/llava_shapes_hr_video_tiny.yaml"))
     base = yaml.safe_load(open("configs/experiments/llava_shapes_hr_tiny.yaml"))
-    model, base_model = video["model"]["init_args"]["model"]["init_args"], base["model"]["init_args"]["model"]["init_args"]
+    model = video["model"]["init_args"]["model"]["init_args"]
+    base_model = base["model"]["init_args"]["model"]["init_args"]
     assert {k: v for k, v in model.items() if k != "video_pool"} == base_model and model["video_pool"] == 2
     vision = model["vision"]["init_args"]["model_config"]["vision_cfg"]
     assert FRAMES * pooled_side(vision["image_size"] // vision["patch_size"], 2, "bilinear") ** 2 == 4 * 25
