@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -186,8 +186,26 @@ def sample_turns(turns: list[dict], k: int, rng: random.Random) -> list[dict]:
     return out
 
 
+def read_conversation_files(paths: str | Path | Sequence[str | Path], image_folder: str | Path | None = None,
+                            video: bool = True) -> tuple[list[dict], list[Path]]:
+    """(records, the folder each record's relative media paths resolve against) of one conversation
+    file or several, their records concatenated in the order given (e.g. image and video data of one
+    world); each file is checked by `check_image_placeholders` and its errors name it."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise ValueError("no conversation file given (an empty list of training files)")
+    records, roots = [], []
+    for path in map(Path, paths):
+        file_records = read_records(path)
+        check_image_placeholders(file_records, path, video=video)
+        records += file_records
+        roots += [image_root(path, image_folder)] * len(file_records)
+    return records, roots
+
+
 class ConversationDataset(Dataset):
-    """One item per conversation; an unreadable image makes the item None (collate counts it as
+    """One item per conversation of one file or several (`read_conversation_files`; an item's index
+    counts across them); an unreadable image makes the item None (collate counts it as
     skipped), a conversation that cannot be trained on makes it `Dropped` (counted as dropped):
     one that does not fit `max_length` without cutting an image, or with no target token left.
 
@@ -198,17 +216,14 @@ class ConversationDataset(Dataset):
     pairs per visit. Placeholders are checked at construction (`check_image_placeholders`).
     """
 
-    def __init__(self, path: str | Path, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                 transform: Callable, max_length: int | None = None, max_turns: int | None = None,
-                 seed: int = 0, num_image_tokens: int | None = None, image_folder: str | Path | None = None,
-                 clip_transform: Callable | None = None) -> None:
-        self.path = Path(path)
-        self.records = read_records(self.path)
-        check_image_placeholders(self.records, self.path, video=clip_transform is not None)
+    def __init__(self, path: str | Path | Sequence[str | Path], tokenizer: PreTrainedTokenizerBase,
+                 template: ChatTemplate, transform: Callable, max_length: int | None = None,
+                 max_turns: int | None = None, seed: int = 0, num_image_tokens: int | None = None,
+                 image_folder: str | Path | None = None, clip_transform: Callable | None = None) -> None:
+        self.records, self.roots = read_conversation_files(path, image_folder, video=clip_transform is not None)
         if num_image_tokens is not None and num_image_tokens < 1:
             raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
         self.image_tokens = num_image_tokens or 1
-        self.root = image_root(self.path, image_folder)
         self.tokenizer, self.template, self.transform, self.max_length = tokenizer, template, transform, max_length
         self.clip_transform = clip_transform
         if max_turns is not None and max_turns < 1:
@@ -223,10 +238,10 @@ class ConversationDataset(Dataset):
         """`key`: an index, or `(index, epoch)` from `ResumableSampler`; the turns sampled for a
         visit depend only on (seed, index, epoch), so they replay exactly after a resume."""
         i, epoch = key if isinstance(key, tuple) else (key, 0)
-        rec = self.records[i]
-        ok, media = load_images(rec, self.root, self.transform, self.clip_transform)
+        rec, root = self.records[i], self.roots[i]
+        ok, media = load_images(rec, root, self.transform, self.clip_transform)
         if not ok:
-            return Unreadable(str(rec.get("id", i)), first_unreadable(rec, self.root))
+            return Unreadable(str(rec.get("id", i)), first_unreadable(rec, root))
         fields = image_fields(media)
         turns = rec["conversations"]
         if self.max_turns is not None:

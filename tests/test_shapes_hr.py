@@ -335,10 +335,13 @@ def test_cli_user_error_is_one_line_from_the_shell(tmp_path):
 # -- the experiment configs ---------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, anyres", [("llava_next_shapes_hr_tiny", True), ("llava_shapes_hr_tiny", False)])
-def test_configs_train_two_steps_on_a_tiny_world(tmp_path, name, anyres):
+@pytest.mark.parametrize("name, train, val", [
+    ("llava_next_shapes_hr_tiny", ["train.json"], "val_qa.jsonl"),
+    ("llava_shapes_hr_tiny", ["train.json"], "val_qa.jsonl"),
+    ("llava_shapes_hr_video_tiny", ["train.json", "train_video.json"], "val_video_qa.jsonl")])
+def test_configs_train_two_steps_on_a_tiny_world(tmp_path, name, train, val):
     """The shipped configs as they are (tower untrained, no file it needs): they parse, train two
-    steps with a finite loss on single- and two-image records and validate by generation."""
+    steps with a finite loss on single- and two-image records (and clips) and validate by generation."""
     import csv
 
     import yaml
@@ -354,8 +357,12 @@ def test_configs_train_two_steps_on_a_tiny_world(tmp_path, name, anyres):
     model = cfg["model"]["init_args"]["model"]["init_args"]
     model["vision"]["init_args"]["pretrained"] = None
     model["language"]["init_args"]["tokenizer"] = str(root / "tokenizer")
-    cfg["data"]["init_args"].update({"train_json": str(root / "train.json"), "val_qa": str(root / "val_qa.jsonl"),
-                                     "batch_size": 4, "eval_batch_size": 4, "num_workers": 0})
+    data = cfg["data"]["init_args"]
+    assert data["train_json"] == (f"runs/data/shapes-hr/{train[0]}" if len(train) == 1 else
+                                  [f"runs/data/shapes-hr/{f}" for f in train])
+    assert data["val_qa"] == f"runs/data/shapes-hr/{val}"
+    data.update({"train_json": [str(root / f) for f in train] if len(train) > 1 else str(root / train[0]),
+                 "val_qa": str(root / val), "batch_size": 4, "eval_batch_size": 4, "num_workers": 0})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     main(["fit", "--config", str(path)])
@@ -364,6 +371,8 @@ def test_configs_train_two_steps_on_a_tiny_world(tmp_path, name, anyres):
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert [r["val/acc"] for r in rows if r.get("val/acc")]
+    if val == "val_video_qa.jsonl":  # the clips' motion questions were answered
+        assert [r["val/acc_motion"] for r in rows if r.get("val/acc_motion")]
     assert not any(float(r["train/dropped_samples"] or 0) for r in rows)
 
 
@@ -385,3 +394,26 @@ def test_anyres_config_reads_the_canvas_at_full_resolution():
     assert "image_grid_pinpoints" not in base["init_args"]
     assert {k: v for k, v in base["init_args"].items()} == {k: v for k, v in args.items() if not k.startswith(
         ("image_grid_pinpoints", "anyres_max_tiles"))}  # otherwise the same model
+
+
+def test_video_config_is_the_single_view_model_on_images_and_clips():
+    """llava_shapes_hr_video_tiny.yaml: llava_shapes_hr_tiny.yaml's model and training, plus clips (pooled
+    frames of 25 tokens: 100 positions a clip) in its training set and its validation on them."""
+    import yaml
+
+    from models.video_pool import pooled_side
+
+    video = yaml.safe_load(open("configs/experiments/llava_shapes_hr_video_tiny.yaml"))
+    base = yaml.safe_load(open("configs/experiments/llava_shapes_hr_tiny.yaml"))
+    model = video["model"]["init_args"]["model"]["init_args"]
+    base_model = base["model"]["init_args"]["model"]["init_args"]
+    assert {k: v for k, v in model.items() if k != "video_pool"} == base_model and model["video_pool"] == 2
+    vision = model["vision"]["init_args"]["model_config"]["vision_cfg"]
+    assert FRAMES * pooled_side(vision["image_size"] // vision["patch_size"], 2, "bilinear") ** 2 == 4 * 25
+    assert {k: v for k, v in video["model"]["init_args"].items() if k != "model"} == \
+        {k: v for k, v in base["model"]["init_args"].items() if k != "model"}
+    data = video["data"]["init_args"]
+    assert data["train_json"] == ["runs/data/shapes-hr/train.json", "runs/data/shapes-hr/train_video.json"]
+    assert data["val_qa"] == "runs/data/shapes-hr/val_video_qa.jsonl"
+    assert {k: v for k, v in data.items() if k not in ("train_json", "val_qa", "max_val_samples")} == \
+        {k: v for k, v in base["data"]["init_args"].items() if k not in ("train_json", "val_qa", "max_val_samples")}

@@ -54,16 +54,33 @@ def image_width(model) -> int | None:
     return None if placeholders is None else placeholders.width
 
 
+def train_files(train_json: str | list[str], several: bool, reader: str) -> list[tuple[str, str]]:
+    """(config key, path) of each training file: `train_json` itself, or `train_json[k]` of a list;
+    a list is refused in one line where the reader takes one file (`several` False), and so is an
+    empty one."""
+    if isinstance(train_json, (str, Path)):
+        return [("train_json", train_json)]
+    if not several:
+        raise ValueError(f"data.train_json: {reader} reads one file, got a list of {len(train_json)}")
+    if not train_json:
+        raise ValueError("data.train_json: an empty list names no training file")
+    return [(f"train_json[{k}]", path) for k, path in enumerate(train_json)]
+
+
 class ConversationDataModule(L.LightningDataModule):
     """`pack_length`: pack each training batch's conversations into rows of at most this many
     LM positions (`data.packing`; LLaVA-style models), instead of padding every sample to the longest.
     `image_folder` / `val_image_folder`: where the JSON's relative image paths resolve (LLaVA's
     `--image_folder`, e.g. the folder holding `coco/`, `gqa/`, ... for `llava_v1_5_mix665k.json`);
-    by default each file's own folder."""
+    by default each file's own folder. `train_json`: one file, or a list whose records train as one
+    set, in the order given (e.g. `[train.json, train_video.json]`); subclasses whose datasets read
+    one file say so with `several_train_files = False`."""
+
+    several_train_files = True
 
     def __init__(
         self,
-        train_json: str,
+        train_json: str | list[str],
         val_qa: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 64,
@@ -78,7 +95,8 @@ class ConversationDataModule(L.LightningDataModule):
         val_image_folder: str | None = None,
     ) -> None:
         super().__init__()
-        for name, path in (("train_json", train_json), ("val_qa", val_qa)):
+        for name, path in (*train_files(train_json, self.several_train_files, type(self).__name__),
+                           ("val_qa", val_qa)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(
                     f"data.{name}: {path} does not exist (generate it with `chimera data ...`)"
@@ -161,6 +179,8 @@ class ConversationDataModule(L.LightningDataModule):
 class PreferenceDataModule(ConversationDataModule):
     """DPO data: `train_json` is a preference JSONL (`prompt, image, chosen, rejected`);
     validation is the same generation-based QA as for supervised stages."""
+
+    several_train_files = False
 
     def build_train_set(self, model, template):
         return PreferenceDataset(self.train_json, model.tokenizer, template, model.vision.transform(train=True),

@@ -13,6 +13,8 @@ class PromptDataModule(ConversationDataModule):
     module's). Validation is the same generation-based QA as for supervised stages. `types`: train on
     questions of these types only (default: every question in the file)."""
 
+    several_train_files = False
+
     def __init__(self, *args, types: list[str] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.types = types
