@@ -38,6 +38,7 @@ def test_fit_under_fsdp_releases_the_process_group(tmp_path, monkeypatch):
 
     seen = config_module.GroupWatch.seen
     seen.clear()
+    environ = dict(os.environ)
 
     main(["fit", "--config", str(path)])
 
@@ -46,3 +47,6 @@ def test_fit_under_fsdp_releases_the_process_group(tmp_path, monkeypatch):
     # the group itself was freed (its destructor joins the workers), not only unregistered: the FSDP
     # units that hold it did not outlive the run
     assert seen[0]() is None
+    # and the rank variables Lightning set (LOCAL_RANK would tell a later `chimera fit` launched from
+    # this process that its ranks are started externally) are gone with the run
+    assert dict(os.environ) == environ

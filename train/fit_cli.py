@@ -127,17 +127,19 @@ class ChimeraCLI(LightningCLI):
 
 
 def run_lightning_cli(args: list[str] | None) -> None:
-    inherited = os.environ.get(ENV)
+    environ = dict(os.environ)
     try:
         # jsonargparse leaves context variables set (a parser whose instantiators hold the CLI, hence the
         # trainer and the model); in a context of its own, the run's objects die with it
         contextvars.copy_context().run(_cli, args)
         close_process_group()
-    finally:  # the folder is for this run's ranks, not for the next command in this process
-        if inherited is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = inherited
+    finally:
+        # Lightning writes rank variables (LOCAL_RANK, NODE_RANK, ...) into this process's environment, and
+        # the run folder is this run's (ENV); a later command in the same process (a pipeline stage) that
+        # launches `chimera fit` would inherit them, and LOCAL_RANK there means "ranks are started
+        # externally": its rank 0 would wait forever for ranks nobody starts
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def close_process_group() -> None:
