@@ -78,6 +78,16 @@ def inputs(model, per_row=((0,), (1,))):
     return ours, theirs
 
 
+def assert_equal_logits(model, hf, ours: dict, theirs: dict) -> None:
+    """Our logits equal transformers' at every attended position (fp32, 1e-5)."""
+    with torch.no_grad():
+        logits, _ = model(**ours)
+        hf_logits = hf(**theirs).logits
+    assert hf_logits.shape == logits.shape
+    mask = ours["attention_mask"].bool()
+    torch.testing.assert_close(hf_logits[mask], logits[mask], atol=1e-5, rtol=1e-5)
+
+
 def test_export_has_equal_logits_on_non_square_images(exported):
     from transformers import LlavaNextForConditionalGeneration
 
@@ -85,12 +95,7 @@ def test_export_has_equal_logits_on_non_square_images(exported):
     hf = LlavaNextForConditionalGeneration.from_pretrained(path).eval()
     ours, theirs = inputs(model)
     assert ours["image_sizes"] == SIZES and [model.image_token_count(s) for s in SIZES] == [16 + 4 * 9, 16 + 8 * 3]
-    with torch.no_grad():
-        logits, _ = model(**ours)
-        hf_logits = hf(**theirs).logits
-    assert hf_logits.shape == logits.shape
-    mask = ours["attention_mask"].bool()
-    torch.testing.assert_close(hf_logits[mask], logits[mask], atol=1e-5, rtol=1e-5)
+    assert_equal_logits(model, hf, ours, theirs)
 
 
 def test_export_has_equal_logits_on_two_images_of_different_aspect_ratios_in_one_sample(exported):
@@ -103,12 +108,7 @@ def test_export_has_equal_logits_on_two_images_of_different_aspect_ratios_in_one
     ours, theirs = inputs(model, per_row=((0, 1), (1,)))
     assert ours["image_sizes"] == [SIZES[0], SIZES[1], SIZES[1]] and ours["pixel_values"].shape[0] == 5 + 3 + 3
     assert int((ours["input_ids"][0] == model.language.image_token_id).sum()) == (16 + 4 * 9) + (16 + 8 * 3)
-    with torch.no_grad():
-        logits, _ = model(**ours)
-        hf_logits = hf(**theirs).logits
-    assert hf_logits.shape == logits.shape
-    mask = ours["attention_mask"].bool()
-    torch.testing.assert_close(hf_logits[mask], logits[mask], atol=1e-5, rtol=1e-5)
+    assert_equal_logits(model, hf, ours, theirs)
 
 
 def test_import_has_equal_logits(exported):

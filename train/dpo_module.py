@@ -9,12 +9,12 @@ rank; validation is the parent's generation-based VQA scoring.
 
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.frozen_policy import FrozenPolicy
 from train.module import VLMModule, zero_through_parameters
 from train.strategies import FSDP
 
@@ -27,17 +27,9 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return -F.logsigmoid(chosen - rejected).mean(), chosen.detach(), rejected.detach()
 
 
-class Reference(nn.Module):
+class Reference(FrozenPolicy):
     """The frozen starting policy. Its forward is the sequence log-probabilities, so a copy sharded
     in its own FSDP instance gathers its parameters when called; it never leaves eval mode."""
-
-    def __init__(self, policy: nn.Module) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(policy).requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> "Reference":
-        return super().train(False)
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         return self.model.sequence_logprobs(*args)

@@ -8,7 +8,6 @@ copy, as DPO's (`train.dpo_module.Reference`).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 
 from models.losses import shifted_targets, token_nll
 from models.peft import LoRA
+from train.frozen_policy import FrozenPolicy
 
 
 def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None,
@@ -40,16 +40,8 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-class FrozenCopy(nn.Module):
+class FrozenCopy(FrozenPolicy):
     """A frozen eval-mode copy of the starting policy; its forward is the per-token log-probabilities."""
-
-    def __init__(self, policy: nn.Module) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(policy).requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> "FrozenCopy":
-        return super().train(False)
 
     def forward(self, *args: Tensor) -> Tensor:
         return token_logprobs(self.model, *args)
