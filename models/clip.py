@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.config_dict import ConfigDict
 from models.vision import ImageTransform, _register_open_clip_config, _square
 
 
@@ -24,7 +25,7 @@ class ContrastiveDualEncoder(nn.Module):
         pretrained: an open_clip pretrained tag or a checkpoint path; None = random init.
     """
 
-    def __init__(self, model_name: str | None = None, model_config: dict | None = None,
+    def __init__(self, model_name: str | None = None, model_config: ConfigDict | None = None,
                  pretrained: str | None = None) -> None:
         super().__init__()
         import open_clip

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from data.templates import IMAGE_TOKEN, PAD_TOKEN
+from models.config_dict import ConfigDict
 from models.meta_init import on_meta
 from models.peft import Bottleneck, LlamaAdapter, LoRA, base_state_dict, is_4bit, load_4bit_pre_hook, merge_lora
 from models.safe_load import read_state_dict
@@ -144,7 +145,7 @@ class LanguageModel(nn.Module):
     def __init__(
         self,
         name_or_path: str | None = None,
-        config: dict | None = None,
+        config: ConfigDict | None = None,
         tokenizer: str | dict[str, str] | None = None,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from models.image_transform import IMAGE_MODES, ImageMode, ImageTransform
+from models.config_dict import ConfigDict
 from models.meta_init import on_meta
 
 __all__ = [
@@ -261,7 +262,7 @@ class OpenCLIPVision(VisionEncoder):
     def __init__(
         self,
         model_name: str | None = None,
-        model_config: dict | None = None,
+        model_config: ConfigDict | None = None,
         pretrained: str | None = None,
         select_layer: int = -2,
         final_norm: bool = False,
@@ -394,7 +395,7 @@ class HFVision(VisionEncoder):
     def __init__(
         self,
         name_or_path: str | None = None,
-        config: dict | None = None,
+        config: ConfigDict | None = None,
         model_type: Literal["clip", "siglip"] = "clip",
         select_layer: int = -2,
         final_norm: bool = False,
@@ -553,7 +554,7 @@ class TimmVision(VisionEncoder):
         pretrained: bool = False,
         checkpoint_path: str | None = None,
         select_layer: int = -1,
-        model_kwargs: dict | None = None,
+        model_kwargs: ConfigDict | None = None,
         image_size: int | None = None,
         add_coords: bool = False,
         coords_scale: float = 1.0,

@@ -67,6 +67,24 @@ def test_print_config_shows_resolved_experiment(world, tmp_path, capsys):
     assert printed["model"]["init_args"]["model"]["init_args"]["vision"]["init_args"]["select_layer"] == -2
 
 
+def test_dotted_overrides_of_architecture_dicts_arrive_typed(world, tmp_path):
+    """`--...config.num_hidden_layers 1` sets an int (a bare `dict` field would keep the string "1",
+    which the LM's config refuses), and the model built from it has that many layers."""
+    cfg = experiment_config(world, tmp_path, max_steps=1)
+    lm, vision = "--model.init_args.model.init_args.language.init_args", "--model.init_args.model.init_args.vision.init_args"
+    main(["fit", "--config", _write(tmp_path / "ok.yaml", cfg), f"{lm}.config.num_hidden_layers", "1",
+          f"{lm}.config.tie_word_embeddings", "false", f"{vision}.model_kwargs.channels", "[8, 8, 12, 16]"])
+    saved = yaml.safe_load((tmp_path / "tiny" / "version_0" / "config.yaml").read_text())
+    args = saved["model"]["init_args"]["model"]["init_args"]
+    assert args["language"]["init_args"]["config"]["num_hidden_layers"] == 1
+    assert args["language"]["init_args"]["config"]["tie_word_embeddings"] is False
+    assert args["vision"]["init_args"]["model_kwargs"]["channels"] == [8, 8, 12, 16]
+    module = load_module(str(next((tmp_path / "tiny" / "version_0" / "checkpoints").glob("*.ckpt"))))
+    hf_config = module.model.language.model.config
+    assert hf_config.num_hidden_layers == 1 and hf_config.tie_word_embeddings is False
+    assert module.model.vision.dim == 12 + 2  # select_layer -2: the third stage, plus two coordinates
+
+
 def test_fit_saves_config_checkpoint_predictions_and_generates(world, tmp_path, capsys):
     cfg = experiment_config(world, tmp_path, max_steps=3)
     main(["fit", "--config", _write(tmp_path / "ok.yaml", cfg)])
