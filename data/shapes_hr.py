@@ -34,6 +34,7 @@ from data.templates import IMAGE_TOKEN
 from data.tokenizer import train_tokenizer
 from data.writers import (
     QA,
+    caption_record,
     check_positive,
     image_relpath,
     llava_record,
@@ -303,6 +304,13 @@ def sample_clip(direction: str, rng: np.random.Generator) -> Clip:
     return Clip(tuple(paths[i][0] for i in order), tuple(specs[i][1] for i in order), subject)
 
 
+def caption(scene: Scene) -> str:
+    """Every object in reading order with its colour, shape and cell: "red circle top left, blue
+    square center". The dense supervision (LLaVA's caption alignment data plays this part) that
+    makes a model find objects among the image tokens before single questions can be answered."""
+    return ", ".join(f"{o.name} {o.position}" for o in scene.objects)
+
+
 def image_lead(count: int) -> str:
     """The text that opens a several-image question, naming each image ("Image 1: <image>", a line each)."""
     return "".join(f"Image {k}: {IMAGE_TOKEN}\n" for k in range(1, count + 1))
@@ -340,8 +348,9 @@ class _Split:
     answers: dict[str, dict[str, int]]
 
 
-def _write_split(root: Path, split: str, n: int, seed: int) -> _Split:
-    """Scenes, pairs of them and clips of one split: files written, records returned."""
+def _write_split(root: Path, split: str, n: int, seed: int, captions: bool = False) -> _Split:
+    """Scenes, pairs of them and clips of one split: files written, records returned. With `captions`
+    each scene's question record is followed by its caption record, id `{id}-caption`."""
     scene_rng, pair_rng, clip_rng = stream_rng(seed, split).spawn(3)
     balancer = AnswerBalancer()
     (root / "images" / split / "clips").mkdir(parents=True, exist_ok=True)
@@ -352,6 +361,8 @@ def _write_split(root: Path, split: str, n: int, seed: int) -> _Split:
         (root / image_relpath(split, i)).write_bytes(png_bytes(render(scene.objects)))
         scenes.append(scene)
         singles.append(llava_record(record_id(split, i), image_relpath(split, i), qas))
+        if captions:
+            singles.append(caption_record(f"{record_id(split, i)}-caption", image_relpath(split, i), caption(scene)))
         rows += qa_rows(split, i, qas)
     pairs, pair_rows = [], []
     for i in range(n):
@@ -374,14 +385,17 @@ def _write_split(root: Path, split: str, n: int, seed: int) -> _Split:
     return _Split(singles, rows, pairs, pair_rows, clips, clip_rows, balancer.counts)
 
 
-def write_shapes_hr(out: str | Path, train_images: int = 2000, val_images: int = 200, seed: int = 0) -> dict:
+def write_shapes_hr(out: str | Path, train_images: int = 2000, val_images: int = 200, seed: int = 0,
+                    captions: bool = False) -> dict:
     """Write the Shapes-HR world under `out` and return a summary (paths, counts).
 
     Layout: images/{train,val}/NNNNNN.png (scenes), images/{train,val}/clips/NNNNNN-T.png (frames);
     train.json (single-image records, then as many two-image records: `image` a list of 2 paths);
     val_qa.jsonl (single-image rows), val_multi_qa.jsonl (two-image rows, the question carrying the
     "Image k: <image>" lead), train_video.json and val_video_qa.jsonl (`video`: frame paths);
-    tokenizer/, meta.json. Each split has as many pairs and clips as images.
+    tokenizer/, meta.json. Each split has as many pairs and clips as images. With `captions`, train.json
+    also holds a caption record after each image's question record ("Describe the image." ->
+    `caption`); scenes, questions and the val files are the same bytes as without.
     """
     check_positive("train_images", train_images)
     check_positive("val_images", val_images)
@@ -390,7 +404,7 @@ def write_shapes_hr(out: str | Path, train_images: int = 2000, val_images: int =
             raise ValueError(f"{name} must be >= 2 (two-image questions pair a split's images), got {n}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    train = _write_split(root, "train", train_images, seed)
+    train = _write_split(root, "train", train_images, seed, captions)
     val = _write_split(root, "val", val_images, seed)
     write_json(root / "train.json", train.singles + train.pairs)
     write_json(root / "train_video.json", train.clips)
@@ -407,6 +421,7 @@ def write_shapes_hr(out: str | Path, train_images: int = 2000, val_images: int =
         "train_clips": len(train.clips),
         "val_clips": len(val.clips),
         "train_turns": sum(len(r["types"]) for r in train.singles + train.pairs),
+        **({"train_captions": train_images} if captions else {}),
         "val_questions": len(val.rows),
         "val_multi_questions": len(val.pair_rows),
         "val_video_questions": len(val.clip_rows),
@@ -426,6 +441,7 @@ def write_shapes_hr(out: str | Path, train_images: int = 2000, val_images: int =
             "frames": FRAMES,
             "step_px": STEP_PX,
             "choices": {k: list(v) for k, v in CHOICES.items()},
+            **({"captions": True} if captions else {}),
         },
         "counts": counts,
         "answers": {"train": train.answers, "val": val.answers},

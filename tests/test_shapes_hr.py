@@ -29,6 +29,7 @@ from data.shapes_hr import (
     Clip,
     Obj,
     Scene,
+    caption,
     half_extent,
     pair_questions,
     render,
@@ -87,6 +88,11 @@ def test_single_image_answers_on_a_hand_built_scene():
     # position only where colour alone cannot find the object: the two red ones
     assert answers(pools["position"]) == {"Where is the red square?": "top left",
                                           "Where is the red triangle?": "center"}
+
+
+def test_caption_lists_every_object_in_reading_order():
+    scene = Scene((at("blue", "circle", 2, 2), at("red", "square", 0, 0), at("green", "triangle", 1, 1)))
+    assert caption(scene) == "red square top left, green triangle center, blue circle bottom right"
 
 
 def test_position_falls_back_to_unique_objects_and_skips_repeated_names():
@@ -322,6 +328,37 @@ def test_cli_writes_the_world_and_rejects_a_split_of_one(tmp_path, capsys):
     assert json.loads((tmp_path / "w" / "meta.json").read_text())["seed"] == 1
     with pytest.raises(ValueError, match=r"^val_images must be >= 2 \(two-image questions pair a split's images\)"):
         main(["data", "shapes-hr", "--out", str(tmp_path / "x"), "--train-images", "3", "--val-images", "1"])
+
+
+def test_captions_follow_their_question_records_and_change_nothing_else(tmp_path):
+    from train.cli import main
+
+    write_shapes_hr(tmp_path / "plain", train_images=5, val_images=2, seed=4)
+    main(["data", "shapes-hr", "--out", str(tmp_path / "cap"), "--train-images", "5", "--val-images", "2",
+          "--seed", "4", "--captions"])
+    plain, cap = (json.loads((tmp_path / k / "train.json").read_text()) for k in ("plain", "cap"))
+    captions = [r for r in cap if r["types"] == ["caption"]]
+    assert [r for r in cap if r["types"] != ["caption"]] == plain and len(captions) == 5
+    for k, r in enumerate(captions):
+        question_record = cap[cap.index(r) - 1]
+        assert r["id"] == f"{question_record['id']}-caption" == f"train-{k:06d}-caption"
+        assert r["image"] == question_record["image"]
+        assert r["conversations"][0]["value"] == f"{IMAGE_TOKEN}\nDescribe the image."
+        # the caption agrees with every colour and shape answer of the image's questions
+        described = {}  # position -> (colour, shape)
+        for part in r["conversations"][1]["value"].split(", "):
+            color, shape, position = part.split(" ", 2)
+            described[position] = (color, shape)
+        for human, gpt, qtype in zip(question_record["conversations"][0::2], question_record["conversations"][1::2],
+                                     question_record["types"]):
+            if qtype in ("color", "shape"):
+                color, shape = described[human["value"].rsplit("at the ", 1)[1].rstrip("?")]
+                assert gpt["value"] == (color if qtype == "color" else shape)
+    plain_files, cap_files = tree_digest(tmp_path / "plain"), tree_digest(tmp_path / "cap")
+    assert {k: v for k, v in cap_files.items() if k.startswith(("images/", "val_"))} == \
+        {k: v for k, v in plain_files.items() if k.startswith(("images/", "val_"))}
+    meta = json.loads((tmp_path / "cap" / "meta.json").read_text())
+    assert meta["params"]["captions"] is True and meta["counts"]["train_captions"] == 5
 
 
 def test_cli_user_error_is_one_line_from_the_shell(tmp_path):

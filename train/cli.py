@@ -65,6 +65,8 @@ def data_main(argv: list[str]) -> None:
     hr.add_argument("--train-images", type=int, default=2000, help="also the number of two-image records and clips")
     hr.add_argument("--val-images", type=int, default=200)
     hr.add_argument("--seed", type=int, default=0)
+    hr.add_argument("--captions", action="store_true",
+                    help="a caption record per train image after its questions: every object, colour, shape and cell")
     vqa = sub.add_parser("vqav2", help="convert VQAv2 questions (+annotations; none for test-dev) to eval JSONL")
     vqa.add_argument("--questions", required=True)
     vqa.add_argument("--annotations", help="answers file; omit for test-dev/test (predicted, then vqav2-submission)")
@@ -126,7 +128,8 @@ def data_main(argv: list[str]) -> None:
     if args.world == "shapes-hr":
         from data.shapes_hr import write_shapes_hr
 
-        summary = write_shapes_hr(args.out, train_images=args.train_images, val_images=args.val_images, seed=args.seed)
+        summary = write_shapes_hr(args.out, train_images=args.train_images, val_images=args.val_images, seed=args.seed,
+                                  captions=args.captions)
     elif args.world == "sort-of-clevr":
         from data.sort_of_clevr import write_sort_of_clevr
 
