@@ -279,8 +279,10 @@ class Pipeline:
             from data.shapes import write_shapes as write
         elif world == "sort-of-clevr":
             from data.sort_of_clevr import write_sort_of_clevr as write
+        elif world == "shapes-hr":
+            from data.shapes_hr import write_shapes_hr as write
         else:
-            raise ValueError(f"stage {stage['name']!r}: unknown world {world!r} (shapes, sort-of-clevr)")
+            raise ValueError(f"stage {stage['name']!r}: unknown world {world!r} (shapes, sort-of-clevr, shapes-hr)")
         write(stage_dir, **args)
 
     def _run_noise(self, stage: dict, stage_dir: Path) -> None:
