@@ -100,7 +100,10 @@ def test_validate_without_logger_writes_only_its_run_folder(world, tmp_path):
     assert sorted(os.listdir(tmp_path / "fit" / "tiny")) == ["latest", "version_0"]  # validate is its own run
 
 
-def test_resume_continues_in_its_run_folder_with_one_metrics_curve(world, tmp_path):
+@pytest.mark.parametrize("named_by", ["version_0", "latest"])
+def test_resume_continues_in_its_run_folder_with_one_metrics_curve(world, tmp_path, named_by):
+    """Resumed from the checkpoint by its folder or through `latest` (the path the README gives), the
+    run continues in version_0 and `latest` still points there."""
     cfg = experiment_config(world, tmp_path, max_steps=6)
     cfg["trainer"].update(val_check_interval=1000, limit_val_batches=0)
     cfg["trainer"]["callbacks"] = [
@@ -116,8 +119,10 @@ def test_resume_continues_in_its_run_folder_with_one_metrics_curve(world, tmp_pa
     assert sorted(before) == [0, 1, 2]
     cfg["trainer"]["callbacks"] = cfg["trainer"]["callbacks"][:1]
     path.write_text(yaml.safe_dump(cfg))
-    main(["fit", "--config", str(path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    given = tmp_path / "tiny" / named_by / "checkpoints" / "last.ckpt"
+    main(["fit", "--config", str(path), "--ckpt_path", str(given)])
     assert sorted(os.listdir(tmp_path / "tiny")) == ["latest", "version_0"]  # no new folder
+    assert os.readlink(tmp_path / "tiny" / "latest") == "version_0"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
     assert (run / "metrics.attempt0.csv").is_file() and (run / "config.attempt1.yaml").is_file()
     rows = read_metrics(run)
@@ -125,7 +130,7 @@ def test_resume_continues_in_its_run_folder_with_one_metrics_curve(world, tmp_pa
     assert sorted(losses) == [0, 1, 2, 3, 4, 5]  # one curve: the rows before the crash, then the resume's
     assert [losses[0], losses[1]] == [before[0], before[1]]  # kept from the first attempt
     attempts = json.loads((run / "run.json").read_text())["attempts"]
-    assert [a["ckpt_path"] for a in attempts] == [None, str(run / "checkpoints" / "last.ckpt")]
+    assert [a["ckpt_path"] for a in attempts] == [None, str(given)]
 
 
 def _decide_in(env: dict, root: Path) -> subprocess.CompletedProcess:

@@ -78,12 +78,14 @@ def launcher_job() -> str | None:
 
 
 def owning_run(ckpt_path: str | Path | None) -> Path | None:
-    """The run folder a checkpoint (file or sharded directory) was saved in, if it was saved in one."""
+    """The run folder a checkpoint (file or sharded directory) was saved in, if it was saved in one.
+    Named through a link (`<name>/latest/checkpoints/last.ckpt`), it is the folder the link points
+    at: the run resumes in `version_<N>` and `latest` keeps pointing there."""
     if not ckpt_path or "://" in str(ckpt_path) or not Path(ckpt_path).exists():
         return None
     for parent in list(Path(os.path.abspath(ckpt_path)).parents)[:3]:
         if (parent / MARKER).is_file():
-            return parent
+            return parent.resolve()
     return None
 
 
