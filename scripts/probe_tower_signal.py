@@ -32,7 +32,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: this checkout's packages
 
+from data.anyres_images import AnyResTransform  # noqa: E402
 from data.shapes import GRID, POSITIONS  # noqa: E402
+from models.anyres import AnyResLayout  # noqa: E402
 from models.vision import OpenCLIPVision  # noqa: E402
 
 CELL_OF = {name: rc for rc, name in POSITIONS.items()}
@@ -71,16 +73,16 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, train: int, ste
 
 
 def grid_features(tower: OpenCLIPVision, images: list[Image.Image], tiles: int) -> torch.Tensor:
-    """(images, side, side, channels): the base view's patch grid (tiles=1) or the stitched tile grids."""
-    transform, side = tower.transform(), int(round(tower.num_patches ** 0.5))
+    """(images, side, side, channels): the base view's patch grid (tiles=1), or the feature maps of the
+    tiles an any-resolution model cuts for a (tiles x tower size)-square canvas, stitched back."""
+    side, size = int(round(tower.num_patches ** 0.5)), tower.image_size
+    layout = AnyResLayout(tile_size=size, patch_side=side, grid_pinpoints=((tiles * size, tiles * size),))
+    cut = AnyResTransform(layout, tower.transform())
     out = []
     with torch.no_grad():
         for image in images:
-            w, h = image.size
-            crops = [image.crop((c * w // tiles, r * h // tiles, (c + 1) * w // tiles, (r + 1) * h // tiles))
-                     for r in range(tiles) for c in range(tiles)]
-            f = tower.features(torch.stack([transform(crop) for crop in crops]))  # tiles^2, side^2, d
-            f = f.reshape(tiles, tiles, side, side, -1).permute(0, 2, 1, 3, 4)
+            views = cut.base(image)[None] if tiles == 1 else cut.tiles(image)  # row-major tiles
+            f = tower.features(views).reshape(tiles, tiles, side, side, -1).permute(0, 2, 1, 3, 4)
             out.append(f.reshape(tiles * side, tiles * side, -1))
     return torch.stack(out)
 

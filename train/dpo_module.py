@@ -9,7 +9,6 @@ rank; validation is the parent's generation-based VQA scoring.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
